@@ -1,0 +1,164 @@
+"""The `lnrt` command line: a thin layer over the Python API (`Session`, `measure`).
+
+User errors (`LnrtError`) are printed on one line, without a traceback, with exit status 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import click
+
+from . import __version__
+from .errors import LnrtError
+
+
+class Progress:
+    """Stage progress on stderr: a redrawn bar on a terminal, start and end lines otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            width = 30
+            fill = int(width * done / total) if total else width
+            click.echo(f"\r{stage:>10} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} tiles",
+                       err=True, nl=done >= total)
+        elif done == 0 or done >= total:
+            click.echo(f"{stage}: {done}/{total} tiles ({time.perf_counter() - self.t0:.1f} s)", err=True)
+
+
+def _echo_table(nodes: list) -> None:
+    if not nodes:
+        click.echo("no nodes found")
+        return
+    click.echo(f"{'id':>4} {'short mm':>9} {'long mm':>8} {'vol mm3':>9} {'slice':>6} {'recist':<12} centroid (x, y, z) mm")
+    for n in sorted(nodes, key=lambda n: -n["short_axis_mm"]):
+        c = ", ".join(f"{v:.1f}" for v in n["centroid_mm"])
+        click.echo(f"{n['id']:>4} {n['short_axis_mm']:>9.1f} {n['long_axis_mm']:>8.1f} "
+                   f"{n['volume_mm3']:>9.0f} {str(n['axis_slice']):>6} {n['recist']:<12} ({c})")
+
+
+def _finish(result, out, overwrite: bool, as_json: bool, quiet: bool) -> None:
+    paths = result.save(out, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(result.report(), indent=2))
+        return
+    if not quiet:
+        for w in result.warnings:
+            click.echo(f"warning: {w}", err=True)
+    _echo_table(result.nodes)
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lnrt")
+@click.option("-v", "--verbose", is_flag=True, help="Log backend choices and fallbacks.")
+def cli(verbose: bool) -> None:
+    """lnrt: find and measure lymph nodes in head-and-neck CT."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="lnrt: %(message)s", stream=sys.stderr)
+
+
+out_option = click.option("--out", "out", type=click.Path(file_okay=False), default=".",
+                          show_default=True, help="Output folder.")
+common = [
+    click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress or warnings on stderr."),
+    click.option("--json", "as_json", is_flag=True, help="Print only the JSON report on stdout."),
+]
+
+
+def with_common(f):
+    for opt in reversed(common):
+        f = opt(f)
+    return out_option(f)
+
+
+@cli.command()
+@click.argument("scan", type=click.Path(exists=False))
+@click.option("--model", type=click.Path(), default=None, help="Model package folder (default: embedded).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Tiles per network call.")
+@click.option("--tta/--no-tta", default=None, help="Mirroring test-time augmentation (default: model's).")
+@click.option("--series", "series_uid", default=None, help="DICOM SeriesInstanceUID to use from a folder.")
+@click.option("--max-memory-gb", type=click.FloatRange(0.1), default=None,
+              help="Refuse volumes whose estimated peak memory is above this (default: 80% of RAM).")
+@click.option("--no-hu-check", is_flag=True, help="Skip the check that the scan is CT in HU.")
+@with_common
+def infer(scan, model, backend, device, variant, threads, batch_size, tta, series_uid, max_memory_gb,
+          no_hu_check, out, overwrite, quiet, as_json):
+    """Segment and measure the lymph nodes of SCAN (an image file or a DICOM folder)."""
+    from .imageio import stem_of
+    from .outputs import check_writable
+    from .session import Session
+
+    check_writable(out, stem_of(scan), overwrite, inputs=(scan,))
+    mirror = None if tta is None else ((0, 1, 2) if tta else ())
+    with Session(model, backend=backend, device=device, variant=variant, threads=threads,
+                 batch_size=batch_size, mirror_axes=mirror, memory_limit_gb=max_memory_gb) as session:
+        result = session.run(scan, series_uid=series_uid, check_hu=not no_hu_check,
+                             progress=Progress(not (quiet or as_json)))
+    _finish(result, out, overwrite, as_json, quiet)
+
+
+@cli.command()
+@click.argument("labels", type=click.Path(exists=False))
+@click.option("--image", type=click.Path(exists=False), default=None,
+              help="The CT the labels belong to (for mean HU).")
+@click.option("--connectivity", type=click.Choice(["6", "18", "26"]), default="26", show_default=True,
+              help="Neighbourhood for splitting a binary mask into nodes.")
+@click.option("--min-volume-mm3", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Drop components smaller than this (binary masks only).")
+@with_common
+def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, as_json):
+    """Measure the nodes of an existing segmentation LABELS (instance ids or a binary mask)."""
+    from .imageio import stem_of
+    from .outputs import check_writable
+    from .session import measure as run_measure
+
+    check_writable(out, stem_of(labels), overwrite, inputs=tuple(p for p in (labels, image) if p))
+    result = run_measure(labels, image=image, connectivity=int(connectivity),
+                         min_volume_mm3=min_volume_mm3)
+    _finish(result, out, overwrite, as_json, quiet)
+
+
+@cli.command()
+def sample():
+    """Print the path of the bundled sample scan."""
+    from . import sample_path
+
+    click.echo(str(sample_path()))
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="lnrt", standalone_mode=False)
+    except LnrtError as exc:
+        click.echo(f"lnrt: error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("lnrt: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

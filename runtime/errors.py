@@ -1,0 +1,17 @@
+"""The one exception type for user errors.
+
+Anything the user can fix (a bad file, a wrong option, a missing extra) raises `LnrtError` with a
+one-line message naming the file, what was wrong and what was expected. The CLI prints it without a
+traceback and exits with status 2. Bugs stay ordinary exceptions.
+"""
+
+
+class LnrtError(Exception):
+    """A user-facing error: the message is one line and says what to do."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def missing_extra(package: str, extra: str) -> LnrtError:
+    return LnrtError(f"{package} is not installed; install it with: pip install 'lnrt[{extra}]'")

@@ -1,0 +1,251 @@
+"""Reading scans (files and DICOM series) into `Volume`s, validating them, writing images atomically.
+
+Every check raises `LnrtError` with one line that names the file, what was wrong and what was
+expected. Inputs are opened read-only and never modified.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import LnrtError
+from .volume import Volume
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+SPACING_RANGE_MM = (0.05, 20.0)
+# A CT in Hounsfield units always holds air (-1000) or at least fat (-100) somewhere in the field of
+# view; an MR or an unrescaled CT (stored 0..4095) does not go that low.
+HU_MIN_REQUIRED = -200.0
+HU_PLAUSIBLE = (-4000.0, 40000.0)
+
+
+@dataclass
+class ScanInfo:
+    """Where a scan came from: recorded in the report so each output traces back to its input."""
+
+    path: str
+    kind: str  # "file" or "dicom"
+    stem: str
+    series_uid: str | None = None
+    study_uid: str | None = None
+    modality: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def stem_of(path: str | os.PathLike) -> str:
+    """`a/b/scan.nii.gz` -> `scan`; a DICOM folder `a/b/scan/` -> `scan`."""
+    p = Path(path)
+    name = p.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return p.stem if p.is_file() else name
+
+
+def _from_sitk(image: sitk.Image, source: str) -> Volume:
+    if image.GetDimension() != 3:
+        raise LnrtError(
+            f"{source}: image is {image.GetDimension()}D; expected a 3D volume"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise LnrtError(
+            f"{source}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "expected a scalar (greyscale) volume"
+        )
+    array = sitk.GetArrayFromImage(image)
+    return Volume(array, image.GetSpacing(), image.GetOrigin(), np.array(image.GetDirection()))
+
+
+def to_sitk(vol: Volume, array: np.ndarray | None = None) -> sitk.Image:
+    image = sitk.GetImageFromArray(vol.array if array is None else array)
+    image.SetSpacing(vol.spacing)
+    image.SetOrigin(vol.origin)
+    image.SetDirection(tuple(np.asarray(vol.direction).ravel()))
+    return image
+
+
+def check_geometry(vol: Volume, source: str) -> None:
+    if min(vol.shape) < 2:
+        raise LnrtError(
+            f"{source}: image has shape {vol.shape[::-1]} (x, y, z), a single slice; "
+            "expected a 3D volume with at least 2 voxels along every axis"
+        )
+    sp = np.asarray(vol.spacing)
+    lo, hi = SPACING_RANGE_MM
+    if not np.all(np.isfinite(sp)) or np.any(sp < lo) or np.any(sp > hi):
+        raise LnrtError(
+            f"{source}: voxel spacing {tuple(np.round(sp, 4))} mm is not plausible; "
+            f"expected every spacing between {lo} and {hi} mm"
+        )
+    if not np.all(np.isfinite(vol.origin)) or not np.all(np.isfinite(vol.direction)):
+        raise LnrtError(f"{source}: origin or direction is not finite; expected a valid geometry")
+    d = vol.direction
+    if abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
+        raise LnrtError(
+            f"{source}: direction matrix is not orthonormal (det {np.linalg.det(d):.4f}); "
+            "expected an orthonormal direction"
+        )
+
+
+def check_hounsfield(vol: Volume, source: str) -> None:
+    """Refuse images that are not CT in Hounsfield units (an MR, an unrescaled CT)."""
+    a = vol.array
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise LnrtError(f"{source}: voxel type {a.dtype} is not numeric; expected CT in HU")
+    sample = a[:: max(1, a.shape[0] // 32)]  # whole slices, spread along z: cheap and representative
+    lo, hi = float(sample.min()), float(sample.max())
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(sample).all():
+        raise LnrtError(f"{source}: image contains NaN or infinite values; expected CT in HU")
+    if lo > HU_MIN_REQUIRED:
+        raise LnrtError(
+            f"{source}: values range {lo:g}..{hi:g} with nothing below {HU_MIN_REQUIRED:g}; "
+            "expected a CT in Hounsfield units (air -1000, fat -100): "
+            "this looks like an MR or an unrescaled CT"
+        )
+    if lo < HU_PLAUSIBLE[0] or hi > HU_PLAUSIBLE[1]:
+        raise LnrtError(
+            f"{source}: values range {lo:g}..{hi:g} is outside {HU_PLAUSIBLE[0]:g}..{HU_PLAUSIBLE[1]:g}; "
+            "expected a CT in Hounsfield units"
+        )
+
+
+def read_image_file(path: Path) -> Volume:
+    source = str(path)
+    try:
+        image = sitk.ReadImage(source)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in reversed(reason) if ln.strip()), "unknown error")
+        raise LnrtError(
+            f"{source}: cannot read the image ({detail[:160]}); "
+            f"expected a readable 3D image ({', '.join(IMAGE_SUFFIXES)}) or a DICOM folder"
+        ) from None
+    return _from_sitk(image, source)
+
+
+def _dicom_tag(reader: sitk.ImageFileReader, tag: str) -> str | None:
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else None
+
+
+def list_dicom_series(folder: Path) -> list[dict]:
+    """Image series in a folder: uid, file names, modality, study uid. Non-image files are ignored."""
+    try:
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        uids = ()
+    series = []
+    for uid in uids:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        if not files:
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue
+        series.append({
+            "uid": uid,
+            "files": list(files),
+            "modality": _dicom_tag(reader, "0008|0060"),
+            "study_uid": _dicom_tag(reader, "0020|000d"),
+            "series_uid": _dicom_tag(reader, "0020|000e") or uid,
+        })
+    return series
+
+
+def read_dicom_folder(folder: Path, series_uid: str | None = None) -> tuple[Volume, ScanInfo]:
+    source = str(folder)
+    if not any(p.is_file() for p in folder.iterdir()):
+        raise LnrtError(f"{source}: folder is empty; expected a DICOM series or give an image file")
+    series = list_dicom_series(folder)
+    if not series:
+        raise LnrtError(f"{source}: no DICOM image series found; expected a folder of CT DICOM slices")
+    if series_uid is not None:
+        chosen = [s for s in series if series_uid in (s["uid"], s["series_uid"])]
+        if not chosen:
+            known = ", ".join(s["series_uid"] or "(no uid)" for s in series)
+            raise LnrtError(f"{source}: no series with UID {series_uid}; the folder holds: {known}")
+        pick = chosen[0]
+    else:
+        ct = [s for s in series if (s["modality"] or "").upper() == "CT"]
+        if not ct:
+            found = ", ".join(sorted({s["modality"] or "unknown" for s in series}))
+            raise LnrtError(f"{source}: no CT series (found modality {found}); expected a CT series")
+        pick = max(ct, key=lambda s: len(s["files"]))
+    if len(pick["files"]) < 2:
+        raise LnrtError(f"{source}: series {pick['series_uid']} has one slice; expected a 3D series")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(pick["files"])
+    try:
+        # GDCM applies Rescale Slope / Intercept: values come back in HU.
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise LnrtError(f"{source}: cannot read the DICOM series ({str(exc).strip()[:160]})") from None
+    vol = _from_sitk(image, source)
+    info = ScanInfo(
+        path=source, kind="dicom", stem=stem_of(folder), series_uid=pick["series_uid"],
+        study_uid=pick["study_uid"], modality=pick["modality"],
+        extra={"slices": len(pick["files"]), "series_in_folder": len(series)},
+    )
+    return vol, info
+
+
+def read_scan(path: str | os.PathLike, series_uid: str | None = None, check_hu: bool = True
+              ) -> tuple[Volume, ScanInfo]:
+    """Read and validate a CT scan: an image file or a DICOM folder."""
+    p = Path(path)
+    if not p.exists():
+        raise LnrtError(f"{p}: no such file or folder; expected a CT image file or a DICOM folder")
+    if p.is_dir():
+        vol, info = read_dicom_folder(p, series_uid)
+    else:
+        if p.stat().st_size == 0:
+            raise LnrtError(f"{p}: file is empty; expected a 3D CT image")
+        vol = read_image_file(p)
+        info = ScanInfo(path=str(p), kind="file", stem=stem_of(p))
+    check_geometry(vol, str(p))
+    if check_hu:
+        check_hounsfield(vol, str(p))
+    return vol, info
+
+
+def read_labels(path: str | os.PathLike) -> Volume:
+    """Read a label image (integer voxels) for measurement."""
+    p = Path(path)
+    if not p.exists():
+        raise LnrtError(f"{p}: no such file; expected a label image")
+    vol = read_dicom_folder(p)[0] if p.is_dir() else read_image_file(p)
+    check_geometry(vol, str(p))
+    a = vol.array
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise LnrtError(f"{p}: voxel values are not whole numbers; expected integer labels")
+    elif not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
+        raise LnrtError(f"{p}: voxel type {a.dtype}; expected integer labels")
+    if a.size and a.min() < 0:
+        raise LnrtError(f"{p}: negative label {a.min()}; expected labels 0 (background) and up")
+    return vol
+
+
+def atomic_target(final: Path) -> Path:
+    """A temporary name in the same folder that keeps the final name's suffixes (for SimpleITK)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + "".join(final.suffixes),
+                               dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_image(image: sitk.Image, path: Path, compress: bool = True) -> None:
+    tmp = atomic_target(path)
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

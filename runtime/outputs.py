@@ -1,0 +1,84 @@
+"""The outputs of one scan (DESIGN.md's contract), written all-or-nothing.
+
+`DIR/<stem>.nodes.nii.gz` (uint16 instance labels on the input's grid), `DIR/<stem>.report.json`
+and `DIR/<stem>.nodes.csv`. Existing files are not replaced unless `overwrite`; every file is written
+to a temporary name in DIR first and renamed only when all of them are complete.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .errors import LnrtError
+from .imageio import atomic_target
+
+SCHEMA = "lnrt.report/1"
+SUFFIXES = {"labels": ".nodes.nii.gz", "report": ".report.json", "csv": ".nodes.csv"}
+CSV_COLUMNS = [
+    "id", "class", "volume_mm3", "voxels", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "long_axis_mm", "short_axis_mm", "axis_slice", "max_diameter_3d_mm", "mean_hu", "probability",
+    "recist", "bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1",
+]
+
+
+def output_paths(out_dir: str | os.PathLike, stem: str) -> dict:
+    d = Path(out_dir)
+    return {k: d / f"{stem}{s}" for k, s in SUFFIXES.items()}
+
+
+def check_writable(out_dir: str | os.PathLike, stem: str, overwrite: bool,
+                   inputs: tuple = ()) -> dict:
+    """Fail before any work if outputs exist (without overwrite) or would replace an input."""
+    paths = output_paths(out_dir, stem)
+    d = Path(out_dir)
+    if d.exists() and not d.is_dir():
+        raise LnrtError(f"{d}: exists and is not a folder; expected an output folder")
+    resolved_inputs = {Path(p).resolve() for p in inputs}
+    for p in paths.values():
+        if p.resolve() in resolved_inputs:
+            raise LnrtError(f"{p}: output would replace an input; choose another --out folder")
+        if p.exists() and not overwrite:
+            raise LnrtError(f"{p}: already exists; pass --overwrite to replace it")
+    return paths
+
+
+def nodes_csv(nodes: list) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for n in nodes:
+        c = n["centroid_mm"]
+        b = n["bbox_voxels"]
+        w.writerow([n["id"], n["class"], n["volume_mm3"], n["voxels"], c[0], c[1], c[2],
+                    n["long_axis_mm"], n["short_axis_mm"], n["axis_slice"], n["max_diameter_3d_mm"],
+                    "" if n["mean_hu"] is None else n["mean_hu"],
+                    "" if n["probability"] is None else n["probability"], n["recist"], *b])
+    return buf.getvalue()
+
+
+def write_outputs(out_dir: str | os.PathLike, stem: str, label_image: sitk.Image, report: dict,
+                  overwrite: bool = False, inputs: tuple = ()) -> dict:
+    paths = check_writable(out_dir, stem, overwrite, inputs)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    staged = {}
+    try:
+        staged["labels"] = atomic_target(paths["labels"])
+        sitk.WriteImage(label_image, str(staged["labels"]), useCompression=True)
+        staged["report"] = atomic_target(paths["report"])
+        staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        staged["csv"] = atomic_target(paths["csv"])
+        staged["csv"].write_text(nodes_csv(report["nodes"]), encoding="utf-8")
+        for key, tmp in staged.items():
+            os.replace(tmp, paths[key])
+    except OSError as exc:
+        raise LnrtError(f"{out_dir}: cannot write outputs ({exc.strerror or exc})") from None
+    finally:
+        for tmp in staged.values():
+            if tmp.exists():
+                tmp.unlink()
+    return paths

@@ -1,0 +1,114 @@
+"""Resampling between the scan grid and the model grid, normalization, and the body crop.
+
+All resampling happens in the canonical array frame where voxel (z, y, x) of the native grid sits at
+(z, y, x) * spacing. The model grid covers exactly the same extent (edge to edge) as the native grid,
+so mapping model-space scores back lands on the native voxels without drift (nnU-Net's convention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import LnrtError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An axis-aligned grid in the canonical frame: voxel i of axis a sits at origin[a] + i * spacing[a]."""
+
+    shape: tuple  # (z, y, x)
+    spacing: tuple  # (z, y, x) mm
+    origin: tuple = (0.0, 0.0, 0.0)  # (z, y, x) mm
+
+    def crop(self, box: tuple) -> "Grid":
+        """The sub-grid of `box` = ((z0, z1), (y0, y1), (x0, x1))."""
+        return Grid(tuple(b - a for a, b in box), self.spacing,
+                    tuple(o + a * s for o, (a, _), s in zip(self.origin, box, self.spacing)))
+
+
+def model_grid(native: Grid, target_spacing: tuple) -> Grid:
+    """The model-spacing grid over the same extent as `native` (spacing adjusted to fit exactly)."""
+    extent = np.array(native.shape) * np.array(native.spacing)
+    shape = np.maximum(1, np.round(extent / np.array(target_spacing)).astype(int))
+    spacing = extent / shape
+    origin = np.array(native.origin) - 0.5 * np.array(native.spacing) + 0.5 * spacing
+    return Grid(tuple(int(s) for s in shape), tuple(float(s) for s in spacing),
+                tuple(float(o) for o in origin))
+
+
+def resample(array: np.ndarray, src: Grid, dst: Grid, linear: bool = True,
+             default: float = 0.0) -> np.ndarray:
+    """Resample a (z, y, x) array from grid `src` onto grid `dst` (float32 out)."""
+    if array.shape != tuple(src.shape):
+        raise ValueError(f"array {array.shape} does not match grid {src.shape}")
+    if src == dst:
+        return np.asarray(array, dtype=np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    image.SetSpacing(src.spacing[::-1])
+    image.SetOrigin(src.origin[::-1])
+    out = sitk.Resample(
+        image, [int(s) for s in dst.shape[::-1]], sitk.Transform(),
+        sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+        dst.origin[::-1], dst.spacing[::-1], (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        float(default), sitk.sitkFloat32, True,  # useNearestNeighborExtrapolator: edges keep values
+    )
+    return sitk.GetArrayFromImage(out)
+
+
+def normalize(hu: np.ndarray, recipe: dict) -> np.ndarray:
+    """Apply the manifest's normalization recipe to HU values, in place on a float32 array."""
+    scheme = recipe.get("scheme")
+    out = hu if hu.dtype == np.float32 else hu.astype(np.float32)
+    if scheme == "ct_zscore":
+        lo, hi = recipe["clip_hu"]
+        np.clip(out, lo, hi, out=out)
+        out -= np.float32(recipe["mean"])
+        out /= np.float32(recipe["std"])
+    elif scheme == "window":
+        lo, hi = recipe["window_hu"]
+        np.clip(out, lo, hi, out=out)
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)
+    else:
+        raise LnrtError(f"unknown normalization scheme {scheme!r}; expected ct_zscore or window")
+    return out
+
+
+@dataclass(frozen=True)
+class BodyCropConfig:
+    threshold_hu: float = -500.0
+    margin_mm: float = 10.0
+    min_part: float = 0.05  # body parts kept: components at least this share of the largest
+
+
+def body_mask(hu: np.ndarray, cfg: BodyCropConfig) -> np.ndarray:
+    """Voxels of the body: above the threshold and in a large connected part (drops noise, specks)."""
+    mask = hu > cfg.threshold_hu
+    if not mask.any():
+        return mask
+    labels, n = cc3d.connected_components(mask, connectivity=6, return_N=True)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    counts[0] = 0
+    keep = counts >= max(1, cfg.min_part * counts.max())
+    return keep[labels]
+
+
+def bounding_box(mask: np.ndarray, margin_vox=(0, 0, 0)) -> tuple | None:
+    """((z0, z1), (y0, y1), (x0, x1)) half-open box of the mask plus a margin, clipped; None if empty."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        if hit.size == 0:
+            return None
+        lo = max(0, int(hit[0]) - int(margin_vox[axis]))
+        hi = min(mask.shape[axis], int(hit[-1]) + 1 + int(margin_vox[axis]))
+        box.append((lo, hi))
+    return tuple(box)
+
+
+def box_slices(box: tuple) -> tuple:
+    return tuple(slice(a, b) for a, b in box)

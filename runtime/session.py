@@ -1,0 +1,308 @@
+"""The Python API: `Session` loads a model once and runs scan after scan; `measure` reports nodes of
+an existing segmentation.
+
+    import lnrt
+    session = lnrt.Session()                 # the embedded default model, automatic backend
+    result = session.run("scan.nii.gz")      # or a DICOM folder, or an lnrt.Volume
+    result.nodes, result.timings             # node table (list of dicts), seconds per stage
+    result.save("out/")                      # scan.nodes.nii.gz, scan.report.json, scan.nodes.csv
+
+A session keeps only the model and its backend between scans: every array of a run belongs to the
+run's `Result`, so memory does not grow with the number of scans.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .backends import create_backend
+from .errors import LnrtError
+from .imageio import ScanInfo, read_labels, read_scan, to_sitk
+from .nodes import label_components, node_table
+from .outputs import SCHEMA, write_outputs
+from .package import ModelPackage
+from .preprocess import BodyCropConfig, Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample
+from .sliding_window import SlidingWindowConfig, sliding_window
+from .volume import OBLIQUE_SILENT_DEG, Orientation, Volume, voxel_volume_mm3
+
+log = logging.getLogger("lnrt")
+Progress = Callable[[str, int, int], None]
+
+
+def _physical_memory_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return 16.0
+
+
+@dataclass
+class Result:
+    """What one run gives: labels on the input's grid, the node table, timings and provenance."""
+
+    labels: np.ndarray  # (z, y, x) in the input's array order, uint16
+    geometry: Volume  # the input's geometry (its array is the input scan, or the labels for measure)
+    nodes: list
+    timings: dict
+    info: ScanInfo
+    model: dict | None = None
+    settings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    def label_image(self) -> sitk.Image:
+        return to_sitk(self.geometry, self.labels)
+
+    def report(self) -> dict:
+        g = self.geometry
+        inp = {
+            "path": self.info.path, "kind": self.info.kind, "stem": self.info.stem,
+            "size_xyz": list(g.shape[::-1]), "spacing_xyz_mm": list(g.spacing),
+            "origin_xyz_mm": list(g.origin), "direction": np.asarray(g.direction).ravel().tolist(),
+        }
+        for key in ("series_uid", "study_uid", "modality"):
+            if getattr(self.info, key):
+                inp[key] = getattr(self.info, key)
+        inp.update(self.info.extra)
+        return {"schema": SCHEMA, "lnrt_version": __version__, "input": inp, "model": self.model,
+                "settings": self.settings, "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+                "warnings": self.warnings, "nodes": self.nodes}
+
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> dict:
+        t0 = time.perf_counter()
+        paths = write_outputs(out_dir, self.info.stem, self.label_image(), self.report(), overwrite,
+                              inputs=(self.info.path,))
+        self.timings["write"] = time.perf_counter() - t0
+        return paths
+
+
+class Timer:
+    def __init__(self):
+        self.timings = {}
+
+    def stage(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings[name] = timer.timings.get(name, 0.0) + time.perf_counter() - self.t0
+        return _Stage()
+
+
+def _orientation(vol: Volume, source: str, warnings: list) -> Orientation:
+    o = Orientation.of(vol.direction, source)
+    if o.obliquity_deg > OBLIQUE_SILENT_DEG:
+        msg = (f"{source}: image axes are {o.obliquity_deg:.1f} degrees oblique; axes are measured in "
+               "the image's own slice plane, the mask stays on the input grid")
+        warnings.append(msg)
+        log.warning(msg)
+    return o
+
+
+def _native_region(native: Grid, crop: Grid) -> tuple:
+    """Box of native voxels whose centres lie inside the crop grid's extent."""
+    box = []
+    for a in range(3):
+        lo_edge = crop.origin[a] - 0.5 * crop.spacing[a]
+        hi_edge = lo_edge + crop.shape[a] * crop.spacing[a]
+        lo = math.ceil((lo_edge - native.origin[a]) / native.spacing[a] - 1e-6)
+        hi = math.floor((hi_edge - native.origin[a]) / native.spacing[a] + 1e-6)
+        box.append((max(0, lo), min(native.shape[a], hi + 1)))
+    return tuple(box)
+
+
+def _activate(logits: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    logits = logits - logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0, keepdims=True)
+    return logits
+
+
+class Session:
+    """Load a model package once; run scans through it."""
+
+    def __init__(self, model: str | os.PathLike | ModelPackage | None = None, backend: str = "auto",
+                 device: str = "auto", variant: str = "fp32", threads: int | None = None,
+                 batch_size: int | None = None, mirror_axes: tuple | None = None,
+                 overlap: float | None = None, min_volume_mm3: float | None = None,
+                 memory_limit_gb: float | None = None):
+        self.package = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
+        self.variant = variant
+        self.backend = create_backend(self.package.onnx_path(variant), backend, device, threads)
+        sw = self.package.section("sliding_window")
+        self.window = SlidingWindowConfig(
+            patch=self.package.patch_zyx,
+            overlap=sw.get("overlap", 0.5) if overlap is None else overlap,
+            sigma_scale=sw.get("sigma_scale", 0.125),
+            batch_size=batch_size or sw.get("batch_size", 2),
+            mirror_axes=tuple(sw.get("mirror_axes", ()) if mirror_axes is None else mirror_axes),
+        )
+        post = self.package.section("postprocessing")
+        self.min_volume_mm3 = post.get("min_volume_mm3", 0.0) if min_volume_mm3 is None else min_volume_mm3
+        self.connectivity = int(post.get("connectivity", 26))
+        self.body = BodyCropConfig(**self.package.section("body_crop"))
+        self.memory_limit_gb = memory_limit_gb or 0.8 * _physical_memory_gb()
+
+    def model_info(self) -> dict:
+        info = self.package.summary(self.variant)
+        info.update(self.backend.describe())
+        return info
+
+    def estimate_memory_gb(self, shape_zyx: tuple, spacing_zyx) -> float:
+        """Upper estimate of a run's peak memory: native copies plus the model-grid buffers."""
+        native = float(np.prod(shape_zyx))
+        ratio = float(np.prod(np.asarray(spacing_zyx) / np.asarray(self.package.spacing_zyx)))
+        k = len(self.package.classes)
+        return (22.0 * native + (12.0 + 8.0 * k) * native * ratio) / 1e9 + 0.3
+
+    def run(self, scan: str | os.PathLike | Volume, series_uid: str | None = None,
+            progress: Progress | None = None, check_hu: bool = True) -> Result:
+        timer = Timer()
+        warnings: list = []
+        with timer.stage("read"):
+            if isinstance(scan, Volume):
+                vol, info = scan, ScanInfo(path="<memory>", kind="array", stem="scan")
+            else:
+                vol, info = read_scan(scan, series_uid=series_uid, check_hu=check_hu)
+        source = info.path
+        need = self.estimate_memory_gb(vol.shape, vol.spacing_zyx)
+        if need > self.memory_limit_gb:
+            raise LnrtError(
+                f"{source}: volume {'x'.join(map(str, vol.shape[::-1]))} needs about {need:.1f} GB, above "
+                f"the {self.memory_limit_gb:.1f} GB limit; expected a smaller volume or a higher "
+                "memory limit (--max-memory-gb)"
+            )
+        orient = _orientation(vol, source, warnings)
+        pkg = self.package
+
+        with timer.stage("preprocess"):
+            ct_c = orient.to_canonical(vol.array)
+            native = Grid(ct_c.shape, tuple(vol.spacing_zyx[list(orient.perm)]))
+            mgrid = model_grid(native, pkg.spacing_zyx)
+            hu = resample(ct_c, native, mgrid, linear=True, default=-1024.0)
+            body = body_mask(hu, self.body)
+            margin = [math.ceil(self.body.margin_mm / s) for s in mgrid.spacing]
+            box = bounding_box(body, margin)
+        n_classes = len(pkg.classes)
+        fg_prob_c = np.zeros(ct_c.shape, dtype=np.float32)
+        class_c = np.zeros(ct_c.shape, dtype=np.uint8)
+        if box is None:
+            warnings.append(f"{source}: no body found above {self.body.threshold_hu:g} HU; no nodes")
+        else:
+            with timer.stage("preprocess"):
+                x = normalize(hu[box_slices(box)], pkg.section("normalization"))
+                body_crop = body[box_slices(box)]
+                del hu, body
+
+            def tiles_done(done, total):
+                if progress:
+                    progress("network", done, total)
+
+            with timer.stage("network"):
+                logits, covered = sliding_window(x, self.backend.run, self.window, mask=body_crop,
+                                                 progress=tiles_done)
+            with timer.stage("postprocess"):
+                if logits is not None:
+                    probs = _activate(logits, pkg.section("output").get("activation", "softmax"))
+                    probs[:, ~covered] = 0.0
+                    probs[0, ~covered] = 1.0
+                    crop_grid = mgrid.crop(box)
+                    region = _native_region(native, crop_grid)
+                    dst = native.crop(region)
+                    sl = box_slices(region)
+                    if n_classes == 2:
+                        p1 = resample(probs[1], crop_grid, dst)
+                        class_c[sl] = p1 > 0.5
+                        fg_prob_c[sl] = p1
+                    else:
+                        back = np.stack([resample(p, crop_grid, dst) for p in probs])
+                        class_c[sl] = back.argmax(0).astype(np.uint8)
+                        fg_prob_c[sl] = 1.0 - back[0]
+                    del probs, logits
+        with timer.stage("components"):
+            class_in = np.ascontiguousarray(orient.from_canonical(class_c))
+            min_vox = math.ceil(self.min_volume_mm3 / voxel_volume_mm3(vol)) if self.min_volume_mm3 else 0
+            labels, _ = label_components(class_in > 0, self.connectivity, min_vox)
+        with timer.stage("measure"):
+            nodes = node_table(labels, vol, orient, image=vol.array,
+                               probability=orient.from_canonical(fg_prob_c),
+                               classmap=class_in if n_classes > 2 else None, class_names=pkg.classes)
+        settings = {"sliding_window": {k: (list(v) if isinstance(v, tuple) else v)
+                                       for k, v in self.window.__dict__.items()},
+                    "model_grid_zyx": list(mgrid.shape), "body_box_zyx": box and [list(b) for b in box],
+                    "min_volume_mm3": self.min_volume_mm3, "connectivity": self.connectivity,
+                    "orientation": {"perm": list(orient.perm), "flip": list(orient.flip),
+                                    "obliquity_deg": round(orient.obliquity_deg, 3)}}
+        timer.timings["total"] = sum(timer.timings.values())
+        return Result(labels=labels, geometry=vol, nodes=nodes, timings=timer.timings, info=info,
+                      model=self.model_info(), settings=settings, warnings=warnings)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def measure(labels: str | os.PathLike | Volume, image: str | os.PathLike | Volume | None = None,
+            connectivity: int = 26, min_volume_mm3: float = 0.0) -> Result:
+    """The node report of an existing segmentation.
+
+    An instance-labelled input keeps its ids (node id = label value); a binary mask (values 0 and 1)
+    is split into connected components. With `image`, mean HU is reported; it must share the labels'
+    geometry.
+    """
+    timer = Timer()
+    warnings: list = []
+    with timer.stage("read"):
+        if isinstance(labels, Volume):
+            lab, info = labels, ScanInfo(path="<memory>", kind="array", stem="labels")
+        else:
+            lab = read_labels(labels)
+            from .imageio import stem_of
+            info = ScanInfo(path=str(labels), kind="labels", stem=stem_of(labels))
+        img = None
+        if image is not None:
+            img = image if isinstance(image, Volume) else read_scan(image)[0]
+            if not img.same_geometry(lab):
+                raise LnrtError(
+                    f"{getattr(image, '__fspath__', lambda: 'image')()}: geometry (size "
+                    f"{img.shape[::-1]}, spacing {tuple(round(s, 4) for s in img.spacing)}) differs "
+                    f"from the labels' ({lab.shape[::-1]}, {tuple(round(s, 4) for s in lab.spacing)}); "
+                    "expected the CT the labels were drawn on"
+                )
+    orient = _orientation(lab, info.path, warnings)
+    with timer.stage("components"):
+        values = lab.array
+        top = int(values.max()) if values.size else 0
+        if top <= 1:
+            min_vox = math.ceil(min_volume_mm3 / voxel_volume_mm3(lab)) if min_volume_mm3 else 0
+            out, _ = label_components(values > 0, connectivity, min_vox)
+        else:
+            dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
+            out = np.ascontiguousarray(values, dtype=dtype)
+    with timer.stage("measure"):
+        nodes = node_table(out, lab, orient, image=None if img is None else img.array)
+    timer.timings["total"] = sum(timer.timings.values())
+    settings = {"connectivity": connectivity, "min_volume_mm3": min_volume_mm3,
+                "labels": "components of a binary mask" if top <= 1 else "instance ids kept"}
+    return Result(labels=out, geometry=lab, nodes=nodes, timings=timer.timings, info=info,
+                  model=None, settings=settings, warnings=warnings)
+
+
+__all__ = ["Session", "Result", "measure"]

@@ -1,0 +1,144 @@
+"""Sliding-window inference over a 3D volume, configured by one frozen dataclass.
+
+Tiles are spread evenly along each axis so the first starts at 0 and the last ends at the edge, with
+a step of at most `patch * (1 - overlap)`. Each tile's logits are weighted by a Gaussian importance map
+(sigma = patch * sigma_scale, as nnU-Net does: centre voxels are trusted more than tile borders),
+accumulated, and divided by the summed weights. Volumes smaller than a patch are padded and cropped
+back. Tiles that hold no voxel of the optional `mask` are not run; the voxels no tile covered are
+reported in `covered` so the caller can decide what they are (background).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SlidingWindowConfig:
+    patch: tuple  # (z, y, x) voxels
+    overlap: float = 0.5  # share of a patch two neighbouring tiles overlap by (at least)
+    sigma_scale: float = 0.125  # Gaussian sigma as a share of the patch size
+    batch_size: int = 2  # tiles per predictor call
+    mirror_axes: tuple = ()  # spatial axes (0 = z, 1 = y, 2 = x) to mirror for test-time augmentation
+    pad_value: float | None = None  # None: the image minimum
+
+    def __post_init__(self):
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ValueError(f"patch must be three positive sizes, got {self.patch}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if any(a not in (0, 1, 2) for a in self.mirror_axes):
+            raise ValueError(f"mirror_axes must be among 0, 1, 2, got {self.mirror_axes}")
+
+
+def tile_starts(size: int, patch: int, overlap: float) -> list:
+    """Start offsets along one axis: first 0, last size - patch, evenly spread (size >= patch)."""
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    n = int(np.ceil((size - patch) / step)) + 1
+    return [int(round(x)) for x in np.linspace(0, size - patch, n)]
+
+
+def tiles(shape: tuple, cfg: SlidingWindowConfig) -> list:
+    """Every tile as a tuple of three slices over a volume of `shape` (already >= patch)."""
+    per_axis = [tile_starts(s, p, cfg.overlap) for s, p in zip(shape, cfg.patch)]
+    return [tuple(slice(o, o + p) for o, p in zip(start, cfg.patch))
+            for start in itertools.product(*per_axis)]
+
+
+def gaussian_importance(patch: tuple, sigma_scale: float) -> np.ndarray:
+    """Separable Gaussian centred on the patch, peak 1, no zeros (so every voxel gets weight)."""
+    g = np.ones(patch, dtype=np.float64)
+    for axis, p in enumerate(patch):
+        x = np.arange(p) - (p - 1) / 2.0
+        sigma = max(p * sigma_scale, 1e-6)
+        shape = [1, 1, 1]
+        shape[axis] = p
+        g = g * np.exp(-0.5 * (x / sigma) ** 2).reshape(shape)
+    g /= g.max()
+    g = np.maximum(g, g[g > 0].min() if (g > 0).any() else 1.0)
+    return g.astype(np.float32)
+
+
+def _mirror_sets(axes: tuple) -> list:
+    axes = tuple(sorted(set(axes)))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def _predict_tta(predict: Predictor, batch: np.ndarray, mirror_axes: tuple) -> np.ndarray:
+    sets = _mirror_sets(mirror_axes)
+    total = None
+    for flip in sets:
+        spatial = tuple(a + 2 for a in flip)  # batch is (B, C, z, y, x)
+        x = np.flip(batch, spatial) if spatial else batch
+        y = predict(np.ascontiguousarray(x)).astype(np.float32, copy=False)
+        y = np.flip(y, spatial) if spatial else y
+        total = y.copy() if total is None else total + y
+    return total / np.float32(len(sets))
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConfig,
+                   mask: np.ndarray | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> tuple:
+    """Run `predict` over tiles of `image` ((C, z, y, x) or (z, y, x)).
+
+    `predict` maps a float32 batch (B, C, pz, py, px) to logits (B, K, pz, py, px).
+    Returns (logits (K, z, y, x) float32, covered (z, y, x) bool).
+    """
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, z, y, x) or (z, y, x), got shape {image.shape}")
+    spatial = image.shape[1:]
+    if mask is not None and mask.shape != spatial:
+        raise ValueError(f"mask shape {mask.shape} != image shape {spatial}")
+    padded_shape = tuple(max(s, p) for s, p in zip(spatial, cfg.patch))
+    if padded_shape != spatial:
+        pad_value = float(image.min()) if cfg.pad_value is None else cfg.pad_value
+        pads = [(0, 0)] + [(0, ps - s) for ps, s in zip(padded_shape, spatial)]
+        image = np.pad(image, pads, constant_values=pad_value)
+        if mask is not None:
+            mask = np.pad(mask, pads[1:], constant_values=False)
+    todo = tiles(padded_shape, cfg)
+    if mask is not None:
+        todo = [t for t in todo if mask[t].any()]
+    weight = gaussian_importance(cfg.patch, cfg.sigma_scale)
+    acc = None
+    wsum = np.zeros(padded_shape, dtype=np.float32)
+    done = 0
+    if progress:
+        progress(0, len(todo))
+    for group in _batches(todo, cfg.batch_size):
+        batch = np.stack([image[(slice(None),) + t] for t in group]).astype(np.float32, copy=False)
+        logits = _predict_tta(predict, batch, cfg.mirror_axes)
+        if logits.shape[0] != len(group) or logits.shape[2:] != tuple(cfg.patch):
+            raise ValueError(f"predictor returned {logits.shape} for a batch of {batch.shape}")
+        if acc is None:
+            acc = np.zeros((logits.shape[1],) + padded_shape, dtype=np.float32)
+        for t, y in zip(group, logits):
+            acc[(slice(None),) + t] += y * weight
+            wsum[t] += weight
+        done += len(group)
+        if progress:
+            progress(done, len(todo))
+    crop = tuple(slice(0, s) for s in spatial)
+    wsum = wsum[crop]
+    covered = wsum > 0
+    if acc is None:  # nothing to run: no tile touched the mask
+        return None, covered
+    acc = acc[(slice(None),) + crop]
+    np.divide(acc, wsum, out=acc, where=covered)
+    return acc, covered

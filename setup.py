@@ -1,0 +1,43 @@
+"""lnrt: the lymph-node runtime.
+
+The top-level folders of the repository become one namespace when installed (DESIGN.md):
+runtime/ -> lnrt, export/ -> lnrt.export, kernels/ -> lnrt.kernels, models/ -> lnrt.models.
+"""
+from setuptools import setup
+
+setup(
+    name="lnrt",
+    version="0.1.0",
+    description="Lymph-node runtime: segment and measure lymph nodes in head-and-neck CT",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["lnrt", "lnrt.backends", "lnrt.export", "lnrt.kernels", "lnrt.models"],
+    package_dir={
+        "lnrt": "runtime",
+        "lnrt.backends": "runtime/backends",
+        "lnrt.export": "export",
+        "lnrt.kernels": "kernels",
+        "lnrt.models": "models",
+    },
+    package_data={
+        "lnrt": ["data/*.nii.gz"],
+        "lnrt.models": ["default/*.onnx", "default/*.json", "default/*.md"],
+        "lnrt.kernels": ["*.cu"],
+    },
+    include_package_data=True,
+    # The CPU runtime: nothing else is imported by `import lnrt` or `lnrt infer`.
+    install_requires=[
+        "numpy>=1.24",
+        "SimpleITK>=2.2",
+        "onnxruntime>=1.17",
+        "connected-components-3d>=3.12",
+        "click>=8.1",
+    ],
+    extras_require={
+        "export": ["onnx>=1.15"],
+        "gpu": ["cupy-cuda12x>=13", "onnxruntime-gpu>=1.17"],
+        "dev": ["pytest>=7", "onnx>=1.15"],
+    },
+    entry_points={"console_scripts": ["lnrt=lnrt.cli:entry"]},
+)
