@@ -5,8 +5,10 @@ expected. Inputs are opened read-only and never modified.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,8 +116,64 @@ def check_hounsfield(vol: Volume, source: str) -> None:
         )
 
 
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Header size + voxel data size of a NIfTI-1 or NIfTI-2 file, from its header; None if unknown."""
+    for order in ("<", ">"):
+        n1 = np.frombuffer(header[:4], dtype=order + "i4")[0]
+        if n1 == 348 and len(header) >= 348:
+            dims = np.frombuffer(header[40:56], dtype=order + "i2")
+            bitpix = int(np.frombuffer(header[72:74], dtype=order + "i2")[0])
+            offset = int(np.frombuffer(header[108:112], dtype=order + "f4")[0])
+            break
+        if n1 == 540 and len(header) >= 540:
+            dims = np.frombuffer(header[16:80], dtype=order + "i8")
+            bitpix = int(np.frombuffer(header[14:16], dtype=order + "i2")[0])
+            offset = int(np.frombuffer(header[168:176], dtype=order + "i8")[0])
+            break
+    else:
+        return None
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7 or bitpix <= 0:
+        return None
+    n = int(np.prod([max(1, int(d)) for d in dims[1:ndim + 1]], dtype=np.int64))
+    return max(offset, 348) + n * bitpix // 8
+
+
+def check_nifti_complete(path: Path) -> None:
+    """ITK reads a truncated NIfTI without error (missing voxels become 0): check the byte count."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    gz = name.endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            expected = _nifti_expected_bytes(fh.read(540))
+        if expected is None:
+            return  # not a header we know: let the reader decide
+        if not gz:
+            actual = path.stat().st_size
+        else:
+            with open(path, "rb") as fh:  # gzip trailer: uncompressed size mod 2**32
+                fh.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(fh.read(4), "little")
+            if isize == expected % (1 << 32):
+                return
+            actual = 0
+            with gzip.open(path, "rb") as fh:  # multi-member or truncated: count exactly
+                while block := fh.read(1 << 22):
+                    actual += len(block)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LnrtError(f"{path}: file is damaged or truncated ({exc}); expected a complete NIfTI image") from None
+    if actual < expected:
+        raise LnrtError(
+            f"{path}: file is truncated ({actual} of {expected} bytes of image data); "
+            "expected a complete NIfTI image"
+        )
+
+
 def read_image_file(path: Path) -> Volume:
     source = str(path)
+    check_nifti_complete(path)
     try:
         image = sitk.ReadImage(source)
     except RuntimeError as exc:
@@ -129,7 +187,8 @@ def read_image_file(path: Path) -> Volume:
 
 
 def _dicom_tag(reader: sitk.ImageFileReader, tag: str) -> str | None:
-    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else None
+    value = reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+    return value or None  # anonymised series may carry empty UIDs
 
 
 def list_dicom_series(folder: Path) -> list[dict]:
@@ -154,7 +213,7 @@ def list_dicom_series(folder: Path) -> list[dict]:
             "files": list(files),
             "modality": _dicom_tag(reader, "0008|0060"),
             "study_uid": _dicom_tag(reader, "0020|000d"),
-            "series_uid": _dicom_tag(reader, "0020|000e") or uid,
+            "series_uid": _dicom_tag(reader, "0020|000e") or uid or None,
         })
     return series
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 
-from .measure import max_diameter_3d, recist_axes, recist_category
+from .recist import max_diameter_3d, recist_axes, recist_category
 from .volume import Orientation, Volume, voxel_volume_mm3
 
 CONNECTIVITIES = (6, 18, 26)

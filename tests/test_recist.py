@@ -1,0 +1,97 @@
+"""RECIST axes against shapes with known answers; the bias bound of DESIGN.md (+-0.25 px)."""
+import numpy as np
+import pytest
+
+from lnrt.recist import max_diameter_3d, recist_axes, recist_category
+
+
+def ellipse(a_mm, b_mm, theta, spacing, offset=(0.0, 0.0)):
+    n = int(2 * a_mm / min(spacing)) + 8
+    y, x = np.mgrid[0:n, 0:n].astype(float)
+    y = (y - n // 2 - offset[0]) * spacing[0]
+    x = (x - n // 2 - offset[1]) * spacing[1]
+    u = x * np.cos(theta) + y * np.sin(theta)
+    v = -x * np.sin(theta) + y * np.cos(theta)
+    return (u / a_mm) ** 2 + (v / b_mm) ** 2 <= 1.0
+
+
+@pytest.mark.parametrize("spacing", [0.4, 0.7, 1.0])
+def test_bias_on_analytic_ellipses_is_within_a_quarter_pixel(spacing):
+    rng = np.random.default_rng(int(spacing * 10))
+    long_err, short_err = [], []
+    for _ in range(30):
+        a = rng.uniform(4, 18)
+        b = rng.uniform(2.5, a)
+        m = ellipse(a, b, rng.uniform(0, np.pi), (spacing, spacing), rng.uniform(0, 1, 2))
+        axes = recist_axes(m[None], (3.0, spacing, spacing))
+        long_err.append((axes.long_mm - 2 * a) / spacing)
+        short_err.append((axes.short_mm - 2 * b) / spacing)
+    assert abs(np.mean(long_err)) <= 0.25, np.mean(long_err)
+    assert abs(np.mean(short_err)) <= 0.25, np.mean(short_err)
+    assert np.max(np.abs(long_err)) < 1.0 and np.max(np.abs(short_err)) < 1.2
+
+
+def test_anisotropic_pixels():
+    m = ellipse(12.0, 6.0, 0.3, (0.5, 0.8))
+    axes = recist_axes(m[None], (1.0, 0.5, 0.8))
+    assert abs(axes.long_mm - 24.0) < 0.8 and abs(axes.short_mm - 12.0) < 0.8
+
+
+def test_short_axis_of_a_lobulated_node_stays_inside():
+    """Two discs touching at a waist: the width across (about 2r) is not the short axis."""
+    sp = 0.5
+    y, x = np.mgrid[0:80, 0:140].astype(float) * sp
+    r = 8.0
+    m = ((y - 20) ** 2 + (x - 18) ** 2 <= r ** 2) | ((y - 20) ** 2 + (x - 34) ** 2 <= r ** 2)
+    m &= ~((np.abs(x - 26) < 3.0) & (np.abs(y - 20) > 3.0))  # a notch: the waist is 6 mm wide
+    axes = recist_axes(m[None], (1.0, sp, sp))
+    assert abs(axes.long_mm - 32.0) < 0.8
+    assert 2 * r - 1.0 < axes.short_mm < 2 * r + 0.5  # the chord through one lobe, perpendicular
+    # and the chord really lies in the mask: sample it
+    ends = axes.short_ends
+    for t in np.linspace(0.05, 0.95, 30):
+        py, px = ends[0] + t * (ends[1] - ends[0])
+        assert m[int(round(py)), int(round(px))]
+
+
+def test_slice_with_the_largest_short_axis_is_chosen():
+    sp = (2.0, 0.6, 0.6)
+    vol = np.zeros((5, 60, 60), bool)
+    e1, e3 = ellipse(10, 4, 0.0, sp[1:]), ellipse(8, 7, 1.0, sp[1:])
+    vol[1, :e1.shape[0], :e1.shape[1]] = e1
+    vol[3, :e3.shape[0], :e3.shape[1]] = e3
+    axes = recist_axes(vol, sp)
+    assert axes.slice_index == 3
+    assert abs(axes.short_mm - 14.0) < 0.7 and abs(axes.long_mm - 16.0) < 0.7
+
+
+def test_single_voxel_and_line():
+    one = np.zeros((1, 5, 5), bool)
+    one[0, 2, 2] = True
+    axes = recist_axes(one, (1.0, 1.0, 1.0))
+    assert np.isclose(axes.long_mm, 0.5) and 0.0 < axes.short_mm <= 0.5
+    line = np.zeros((1, 5, 12), bool)
+    line[0, 2, 1:11] = True
+    axes = recist_axes(line, (1.0, 1.0, 2.0))
+    assert np.isclose(axes.long_mm, 10 * 2.0 - 2.0 + 0.5 * 2.0)
+    assert axes.short_mm < 1.0
+
+
+def test_empty_mask_has_no_axes():
+    assert recist_axes(np.zeros((3, 4, 4), bool), (1, 1, 1)) is None
+
+
+def test_3d_diameter_of_a_ball_and_of_a_rod():
+    z, y, x = np.mgrid[:40, :60, :60]
+    ball = ((z - 20) * 1.5) ** 2 + ((y - 30) * 0.7) ** 2 + ((x - 30) * 0.7) ** 2 <= 15 ** 2
+    d = max_diameter_3d(ball, (1.5, 0.7, 0.7))
+    assert 30.0 - 0.7 <= d <= 30.0 + 1.5
+    rod = np.zeros((30, 5, 5), bool)
+    rod[2:28, 2, 2] = True
+    assert np.isclose(max_diameter_3d(rod, (2.0, 1.0, 1.0)), 25 * 2.0 + 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("short,cat", [(0.0, "normal"), (9.99, "normal"), (10.0, "pathological"),
+                                       (14.99, "pathological"), (15.0, "enlarged"), (42.0, "enlarged")])
+def test_recist_categories(short, cat):
+    assert recist_category(short) == cat
