@@ -38,8 +38,16 @@ def _grid(shape, spacing):
     return [np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing)]
 
 
-def ellipsoid_mask(shape, spacing, node: NodeSpec) -> np.ndarray:
-    z, y, x = _grid(shape, spacing)
+def ellipsoid_box(shape, spacing, node: NodeSpec) -> tuple:
+    """(slices, mask) of the ellipsoid within its bounding box (clipped to the volume)."""
+    r = max(node.semi_axes_mm[:2])
+    half = (node.semi_axes_mm[2], r, r)
+    sl = []
+    for c, h, s, n in zip(node.center_mm, half, spacing, shape):
+        lo = max(0, int(np.floor((c - h) / s)) - 1)
+        hi = min(n, int(np.ceil((c + h) / s)) + 2)
+        sl.append(slice(lo, max(lo, hi)))
+    z, y, x = [np.arange(t.start, t.stop, dtype=np.float64) * s for t, s in zip(sl, spacing)]
     cz, cy, cx = node.center_mm
     a, b, c = node.semi_axes_mm
     ca, sa = np.cos(node.angle_rad), np.sin(node.angle_rad)
@@ -48,7 +56,14 @@ def ellipsoid_mask(shape, spacing, node: NodeSpec) -> np.ndarray:
     dy = (y - cy)[None, :, None]
     u = dx * ca + dy * sa
     v = -dx * sa + dy * ca
-    return (u / a) ** 2 + (v / b) ** 2 + dz <= 1.0
+    return tuple(sl), (u / a) ** 2 + (v / b) ** 2 + dz <= 1.0
+
+
+def ellipsoid_mask(shape, spacing, node: NodeSpec) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    sl, m = ellipsoid_box(shape, spacing, node)
+    out[sl] = m
+    return out
 
 
 def neck_phantom(shape=(64, 160, 160), spacing=(2.5, 1.0, 1.0), seed=0, n_nodes=5,
@@ -95,14 +110,15 @@ def neck_phantom(shape=(64, 160, 160), spacing=(2.5, 1.0, 1.0), seed=0, n_nodes=
             shape[0] * spacing[0] > 2 * c + 4 * spacing[0] else shape[0] // 2
         node = NodeSpec((float(k * spacing[0]), float(py), float(px)), (float(a), float(b), float(c)),
                         float(rng.uniform(0, np.pi)))
-        m = ellipsoid_mask(shape, spacing, node)
-        if not m.any():
+        sl, m = ellipsoid_box(shape, spacing, node)
+        if not m.any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any():
             continue
         grown = m | np.roll(m, 2, 1) | np.roll(m, -2, 1) | np.roll(m, 2, 2) | np.roll(m, -2, 2)
-        if (labels[grown] > 0).any() or (vol[grown] != HU["fat"]).any():
+        if (labels[sl][grown] > 0).any() or (vol[sl][grown] != HU["fat"]).any():
             continue  # nodes sit in fat, apart from each other
-        labels[m] = len(nodes) + 1
-        vol[m] = HU["node"]
+        labels[sl][m] = len(nodes) + 1
+        vol[sl][m] = HU["node"]
         nodes.append(node)
-    vol += rng.normal(0.0, noise_hu, shape).astype(np.float32)
+    for k in range(shape[0]):  # slice by slice: no second full-size float64 array
+        vol[k] += rng.normal(0.0, noise_hu, shape[1:]).astype(np.float32)
     return np.round(vol).astype(np.int16), labels, nodes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 
+from .preprocess import bounding_box, box_slices
 from .recist import max_diameter_3d, recist_axes, recist_category
 from .volume import Orientation, Volume, voxel_volume_mm3
 
@@ -18,11 +19,20 @@ CONNECTIVITIES = (6, 18, 26)
 
 
 def label_components(foreground: np.ndarray, connectivity: int = 26, min_voxels: int = 0) -> tuple:
-    """Instance labels (uint16, or uint32 past 65 535 nodes) and their count."""
+    """Instance labels (uint16, or uint32 past 65 535 nodes) and their count.
+
+    Labelling runs on the foreground's bounding box only: raster order of (z, y, x) is the same in a
+    crop as in the whole array, so the numbering is cc3d's on the full volume.
+    """
     if connectivity not in CONNECTIVITIES:
         raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity}")
-    labels, n = cc3d.connected_components(np.ascontiguousarray(foreground, dtype=bool),
-                                          connectivity=connectivity, return_N=True)
+    fg = np.asarray(foreground, dtype=bool)
+    box = bounding_box(fg)
+    if box is None:
+        return np.zeros(fg.shape, dtype=np.uint16), 0
+    crop = box_slices(box)
+    labels, n = cc3d.connected_components(np.ascontiguousarray(fg[crop]), connectivity=connectivity,
+                                          return_N=True)
     if n and min_voxels > 1:
         counts = np.bincount(labels.ravel(), minlength=n + 1)
         keep = counts >= min_voxels
@@ -32,7 +42,9 @@ def label_components(foreground: np.ndarray, connectivity: int = 26, min_voxels:
         remap[keep] = np.arange(1, n + 1, dtype=np.uint32)
         labels = remap[labels]
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
-    return labels.astype(dtype, copy=False), int(n)
+    out = np.zeros(fg.shape, dtype=dtype)
+    out[crop] = labels
+    return out, int(n)
 
 
 def _group(labels: np.ndarray) -> tuple:

@@ -1,0 +1,94 @@
+"""Whole-neck-sized CPU benchmark of `lnrt infer` (issue: core runtime).
+
+    python benchmarks/cpu_infer.py [--repeat 3] [--shape 250 512 512] [--spacing 1.0 0.5 0.5]
+
+Generates a neck phantom of the given size (default 512 x 512 x 250 voxels at 0.5 x 0.5 x 1 mm),
+runs `lnrt infer` on it in a fresh process per repeat (so the peak RSS is that run's own), and writes
+`benchmarks/results/<host>-<date>-cpu-infer.json` with the per-stage times of every repeat, their
+median, and the peak resident memory of each run. Nothing is asserted: this records numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_once(scan: Path, out: Path) -> dict:
+    code = ("import resource, sys, json; from lnrt.cli import main; rc = main(sys.argv[1:]); "
+            "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), "
+            "file=sys.stderr)")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, "infer", str(scan), "--out", str(out), "--json",
+                           "--overwrite"], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    report = json.loads(proc.stdout)
+    child = json.loads(proc.stderr.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 3), "peak_rss_mb": round(child["maxrss_kb"] / 1024, 1),
+            "stages_s": report["timings_s"], "nodes": len(report["nodes"]),
+            "model_grid_zyx": report["settings"]["model_grid_zyx"],
+            "body_box_zyx": report["settings"]["body_box_zyx"], "model": report["model"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=3, default=(250, 512, 512), help="z y x voxels")
+    ap.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.5, 0.5), help="z y x mm")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    from lnrt.models.phantoms import neck_phantom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hu, _, nodes = neck_phantom(tuple(args.shape), tuple(args.spacing), seed=11, n_nodes=12)
+        img = sitk.GetImageFromArray(hu)
+        img.SetSpacing(tuple(args.spacing)[::-1])
+        scan = tmp / "neck.nii.gz"
+        sitk.WriteImage(img, str(scan), useCompression=True)
+        del hu, img
+        runs = [run_once(scan, tmp / "out") for _ in range(args.repeat)]
+        file_mb = scan.stat().st_size / 2**20
+    stages = sorted({k for r in runs for k in r["stages_s"]})
+    median = {k: round(float(np.median([r["stages_s"].get(k, 0.0) for r in runs])), 3) for k in stages}
+    result = {
+        "benchmark": "cpu_infer", "date": dt.date.today().isoformat(),
+        "machine": {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(),
+                    "python": platform.python_version()},
+        "scan": {"shape_zyx": list(args.shape), "spacing_zyx_mm": list(args.spacing),
+                 "file_mb": round(file_mb, 1), "true_nodes": len(nodes)},
+        "median_stages_s": median, "median_wall_s": round(float(np.median([r["wall_s"] for r in runs])), 3),
+        "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"{platform.node() or 'host'}-{result['date']}-cpu-infer.json"
+    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("median_stages_s", "median_wall_s", "max_peak_rss_mb")}, indent=2))
+    print(f"wrote {args.out / name}")
+
+
+if __name__ == "__main__":
+    main()
