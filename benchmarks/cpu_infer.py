@@ -2,7 +2,8 @@
 
     python benchmarks/cpu_infer.py [--repeat 3] [--shape 250 512 512] [--spacing 1.0 0.5 0.5]
 
-Generates a neck phantom of the given size (default 512 x 512 x 250 voxels at 0.5 x 0.5 x 1 mm),
+Generates a neck phantom (lnrt.models.neck, seed 40000) of the given size (default 512 x 512 x 250
+voxels at 0.5 x 0.5 x 1 mm: a 256 mm field of view, the neck centred in 250 mm of slices),
 runs `lnrt infer` on it in a fresh process per repeat (so the peak RSS is that run's own), and writes
 `benchmarks/results/<host>-<date>-cpu-infer.json` with the per-stage times of every repeat, their
 median, and the peak resident memory of each run. Nothing is asserted: this records numbers.
@@ -35,13 +36,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run_once(scan: Path, out: Path) -> dict:
+def run_once(scan: Path, out: Path, model: str | None = None) -> dict:
     code = ("import resource, sys, json; from lnrt.cli import main; rc = main(sys.argv[1:]); "
             "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), "
             "file=sys.stderr)")
     t0 = time.perf_counter()
+    extra = ["--model", model] if model else []
     proc = subprocess.run([sys.executable, "-c", code, "infer", str(scan), "--out", str(out), "--json",
-                           "--overwrite"], capture_output=True, text=True, check=False)
+                           "--overwrite", *extra], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
@@ -59,18 +61,25 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.5, 0.5), help="z y x mm")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--model", default=None, help="model package (default: the embedded one)")
     args = ap.parse_args()
-    from lnrt.models.phantoms import neck_phantom
+    from lnrt.models.neck import make_spec, render
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        hu, _, nodes = neck_phantom(tuple(args.shape), tuple(args.spacing), seed=11, n_nodes=12)
-        img = sitk.GetImageFromArray(hu)
+        spec = make_spec(40000)
+        nz, ny, nx = args.shape
+        sz, sy, sx = args.spacing
+        hu, _, origin = render(spec, tuple(args.spacing), fov_xy=(nx * sx, ny * sy),
+                               pad_z=max(0.0, (nz * sz - spec.height) / 2))
+        nodes = spec.nodes
+        img = sitk.GetImageFromArray(np.round(hu).astype(np.int16))
         img.SetSpacing(tuple(args.spacing)[::-1])
+        img.SetOrigin(origin)
         scan = tmp / "neck.nii.gz"
         sitk.WriteImage(img, str(scan), useCompression=True)
         del hu, img
-        runs = [run_once(scan, tmp / "out") for _ in range(args.repeat)]
+        runs = [run_once(scan, tmp / "out", args.model) for _ in range(args.repeat)]
         file_mb = scan.stat().st_size / 2**20
     stages = sorted({k for r in runs for k in r["stages_s"]})
     median = {k: round(float(np.median([r["stages_s"].get(k, 0.0) for r in runs])), 3) for k in stages}

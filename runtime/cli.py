@@ -46,8 +46,8 @@ def _echo_table(nodes: list) -> None:
                    f"{n['volume_mm3']:>9.0f} {str(n['axis_slice']):>6} {n['recist']:<12} ({c})")
 
 
-def _finish(result, out, overwrite: bool, as_json: bool, quiet: bool) -> None:
-    paths = result.save(out, overwrite=overwrite)
+def _finish(result, out, overwrite: bool, as_json: bool, quiet: bool, save: dict) -> None:
+    paths = result.save(out, overwrite=overwrite, **save)
     if as_json:
         click.echo(json.dumps(result.report(), indent=2))
         return
@@ -76,10 +76,44 @@ common = [
 ]
 
 
+clinical = [
+    click.option("--viewer/--no-viewer", default=True, show_default=True,
+                 help="Also write <stem>.nodes.seg.nrrd (3D Slicer) and <stem>.nodes.label.txt (ITK-SNAP)."),
+    click.option("--qc", is_flag=True, help="Write QC pictures (<stem>.qc/) and a self-contained <stem>.qc.html."),
+    click.option("--dicom-seg/--no-dicom-seg", default=None,
+                 help="Write a DICOM SEG (default: on for DICOM input)."),
+    click.option("--dicom-sr", is_flag=True, help="Write a DICOM SR (TID 1500) with each node's axes."),
+    click.option("--seg-segments", type=click.Choice(["node", "class"]), default="node", show_default=True,
+                 help="One SEG segment per node or per class."),
+    click.option("--manufacturer", default="lnrt", show_default=True, help="DICOM Manufacturer."),
+    click.option("--manufacturer-model", default="lnrt", show_default=True, help="DICOM Manufacturer's Model Name."),
+    click.option("--device-serial", default="0", show_default=True, help="DICOM Device Serial Number."),
+    click.option("--institution", default=None, help="DICOM Institution Name."),
+]
+
+
 def with_common(f):
-    for opt in reversed(common):
+    for opt in reversed(common + clinical):
         f = opt(f)
     return out_option(f)
+
+
+def _save_options(kw: dict) -> dict:
+    from .dicom_out import Equipment
+
+    return {"viewer": kw.pop("viewer"), "qc": kw.pop("qc"), "dicom_seg": kw.pop("dicom_seg"),
+            "dicom_sr": kw.pop("dicom_sr"), "seg_segments": kw.pop("seg_segments"),
+            "equipment": Equipment(kw.pop("manufacturer"), kw.pop("manufacturer_model"),
+                                   kw.pop("device_serial"), kw.pop("institution"))}
+
+
+def _planned_extras(save: dict, is_dicom: bool) -> tuple:
+    seg = is_dicom if save["dicom_seg"] is None else save["dicom_seg"]
+    out = (("viewer_nrrd", "viewer_labels") if save["viewer"] else ()) + \
+          (("qc_html", "qc_dir") if save["qc"] else ())
+    if seg or save["dicom_sr"]:
+        out += ("dicom_seg",)
+    return out + (("dicom_sr",) if save["dicom_sr"] else ())
 
 
 @cli.command()
@@ -97,19 +131,26 @@ def with_common(f):
 @click.option("--no-hu-check", is_flag=True, help="Skip the check that the scan is CT in HU.")
 @with_common
 def infer(scan, model, backend, device, variant, threads, batch_size, tta, series_uid, max_memory_gb,
-          no_hu_check, out, overwrite, quiet, as_json):
+          no_hu_check, out, overwrite, quiet, as_json, **kw):
     """Segment and measure the lymph nodes of SCAN (an image file or a DICOM folder)."""
+    from pathlib import Path
+
     from .imageio import stem_of
     from .outputs import check_writable
     from .session import Session
 
-    check_writable(out, stem_of(scan), overwrite, inputs=(scan,))
+    save = _save_options(kw)
+    extras = _planned_extras(save, Path(scan).is_dir())
+    if "dicom_seg" in extras and not Path(scan).is_dir():
+        raise LnrtError(f"{scan}: DICOM SEG and SR need a DICOM series as input; expected a DICOM folder "
+                        "(or drop --dicom-seg/--dicom-sr)")
+    check_writable(out, stem_of(scan), overwrite, inputs=(scan,), extras=extras)
     mirror = None if tta is None else ((0, 1, 2) if tta else ())
     with Session(model, backend=backend, device=device, variant=variant, threads=threads,
                  batch_size=batch_size, mirror_axes=mirror, memory_limit_gb=max_memory_gb) as session:
         result = session.run(scan, series_uid=series_uid, check_hu=not no_hu_check,
                              progress=Progress(not (quiet or as_json)))
-    _finish(result, out, overwrite, as_json, quiet)
+    _finish(result, out, overwrite, as_json, quiet, save)
 
 
 @cli.command()
@@ -121,16 +162,45 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
 @click.option("--min-volume-mm3", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Drop components smaller than this (binary masks only).")
 @with_common
-def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, as_json):
+def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, as_json, **kw):
     """Measure the nodes of an existing segmentation LABELS (instance ids or a binary mask)."""
     from .imageio import stem_of
     from .outputs import check_writable
     from .session import measure as run_measure
 
-    check_writable(out, stem_of(labels), overwrite, inputs=tuple(p for p in (labels, image) if p))
+    save = _save_options(kw)
+    if save["dicom_seg"] or save["dicom_sr"]:
+        raise LnrtError("lnrt measure writes no DICOM SEG or SR (it has no source series); use lnrt infer "
+                        "on the DICOM folder")
+    if save["qc"] and image is None:
+        raise LnrtError("--qc needs the CT: give it with --image")
+    check_writable(out, stem_of(labels), overwrite, inputs=tuple(p for p in (labels, image) if p),
+                   extras=_planned_extras(save, False))
     result = run_measure(labels, image=image, connectivity=int(connectivity),
                          min_volume_mm3=min_volume_mm3)
-    _finish(result, out, overwrite, as_json, quiet)
+    _finish(result, out, overwrite, as_json, quiet, save)
+
+
+@cli.command()
+@click.argument("pred", type=click.Path(exists=False))
+@click.argument("truth", type=click.Path(exists=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON result to this file.")
+def evaluate(pred, truth, as_json, out_file):
+    """Score predicted node masks PRED against ground truth TRUTH (two files or two folders)."""
+    from .evaluate import evaluate as run_evaluate, format_table
+
+    result = run_evaluate(pred, truth)
+    if out_file:
+        from pathlib import Path
+
+        from .imageio import atomic_target
+        target = Path(out_file)
+        tmp = atomic_target(target)
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(target)
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
 @cli.command()

@@ -37,6 +37,7 @@ class ScanInfo:
     study_uid: str | None = None
     modality: str | None = None
     extra: dict = field(default_factory=dict)
+    files: list = field(default_factory=list, repr=False)  # DICOM slice files, in the volume's z order
 
 
 def stem_of(path: str | os.PathLike) -> str:
@@ -250,7 +251,7 @@ def read_dicom_folder(folder: Path, series_uid: str | None = None) -> tuple[Volu
     info = ScanInfo(
         path=source, kind="dicom", stem=stem_of(folder), series_uid=pick["series_uid"],
         study_uid=pick["study_uid"], modality=pick["modality"],
-        extra={"slices": len(pick["files"]), "series_in_folder": len(series)},
+        extra={"slices": len(pick["files"]), "series_in_folder": len(series)}, files=list(pick["files"]),
     )
     return vol, info
 

@@ -19,6 +19,8 @@ from .imageio import atomic_target
 
 SCHEMA = "lnrt.report/1"
 SUFFIXES = {"labels": ".nodes.nii.gz", "report": ".report.json", "csv": ".nodes.csv"}
+EXTRA_SUFFIXES = {"viewer_nrrd": ".nodes.seg.nrrd", "viewer_labels": ".nodes.label.txt",
+                  "qc_html": ".qc.html", "qc_dir": ".qc", "dicom_seg": ".seg.dcm", "dicom_sr": ".sr.dcm"}
 CSV_COLUMNS = [
     "id", "class", "volume_mm3", "voxels", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
     "long_axis_mm", "short_axis_mm", "axis_slice", "max_diameter_3d_mm", "mean_hu", "probability",
@@ -32,9 +34,12 @@ def output_paths(out_dir: str | os.PathLike, stem: str) -> dict:
 
 
 def check_writable(out_dir: str | os.PathLike, stem: str, overwrite: bool,
-                   inputs: tuple = ()) -> dict:
-    """Fail before any work if outputs exist (without overwrite) or would replace an input."""
+                   inputs: tuple = (), extras: tuple = ()) -> dict:
+    """Fail before any work if outputs exist (without overwrite) or would replace an input.
+
+    `extras` names optional outputs (keys of EXTRA_SUFFIXES) that will be written too."""
     paths = output_paths(out_dir, stem)
+    paths.update({k: Path(out_dir) / f"{stem}{EXTRA_SUFFIXES[k]}" for k in extras})
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
         raise LnrtError(f"{d}: exists and is not a folder; expected an output folder")
@@ -59,6 +64,16 @@ def nodes_csv(nodes: list) -> str:
                     "" if n["mean_hu"] is None else n["mean_hu"],
                     "" if n["probability"] is None else n["probability"], n["recist"], *b])
     return buf.getvalue()
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = atomic_target(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_outputs(out_dir: str | os.PathLike, stem: str, label_image: sitk.Image, report: dict,

@@ -17,6 +17,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,7 +28,7 @@ from .backends import create_backend
 from .errors import LnrtError
 from .imageio import ScanInfo, read_labels, read_scan, to_sitk
 from .nodes import label_components, node_table
-from .outputs import SCHEMA, write_outputs
+from .outputs import SCHEMA, check_writable, write_outputs, write_text
 from .package import ModelPackage
 from .preprocess import BodyCropConfig, Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample
 from .sliding_window import SlidingWindowConfig, sliding_window
@@ -75,10 +76,50 @@ class Result:
                 "settings": self.settings, "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
                 "warnings": self.warnings, "nodes": self.nodes}
 
-    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> dict:
+    def extras(self, viewer: bool = True, qc: bool = False, dicom_seg: bool | None = None,
+               dicom_sr: bool = False) -> tuple:
+        """The optional outputs a save with these options writes (DICOM SEG by default for DICOM input)."""
+        seg = (self.info.kind == "dicom") if dicom_seg is None else dicom_seg
+        out = []
+        if viewer:
+            out += ["viewer_nrrd", "viewer_labels"]
+        if qc:
+            out += ["qc_html", "qc_dir"]
+        if seg or dicom_sr:
+            out.append("dicom_seg")
+        if dicom_sr:
+            out.append("dicom_sr")
+        return tuple(out)
+
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = False, viewer: bool = True,
+             qc: bool = False, dicom_seg: bool | None = None, dicom_sr: bool = False,
+             seg_segments: str = "node", equipment=None) -> dict:
+        """Write the outputs; see the README's Outputs section. Returns {name: path}."""
         t0 = time.perf_counter()
-        paths = write_outputs(out_dir, self.info.stem, self.label_image(), self.report(), overwrite,
-                              inputs=(self.info.path,))
+        extras = self.extras(viewer, qc, dicom_seg, dicom_sr)
+        if "dicom_seg" in extras and not self.info.files:
+            raise LnrtError(f"{self.info.path}: DICOM SEG and SR need a DICOM series as input; "
+                            "expected a DICOM folder (or drop --dicom-seg/--dicom-sr)")
+        check_writable(out_dir, self.info.stem, overwrite, inputs=(self.info.path,), extras=extras)
+        report = self.report()
+        image = self.label_image()
+        paths = write_outputs(out_dir, self.info.stem, image, report, overwrite, inputs=(self.info.path,))
+        out = Path(out_dir)
+        if viewer:
+            from .imageio import write_image
+            from .viewer import itksnap_labels, slicer_segmentation
+            paths["viewer_nrrd"] = out / f"{self.info.stem}.nodes.seg.nrrd"
+            write_image(slicer_segmentation(image, self.nodes), paths["viewer_nrrd"])
+            paths["viewer_labels"] = out / f"{self.info.stem}.nodes.label.txt"
+            write_text(paths["viewer_labels"], itksnap_labels(self.nodes))
+        if qc:
+            from .qc import write_qc
+            paths.update(write_qc(out, self.info.stem, self.geometry, self.labels, report, overwrite=True))
+        if "dicom_seg" in extras:
+            from .dicom_out import Equipment, write_dicom
+            paths.update(write_dicom(out, self.info.stem, self.info.files, self.info.path, self.labels,
+                                     self.nodes, self.model or {}, True, dicom_sr, seg_segments,
+                                     (self.model or {}).get("classes"), equipment or Equipment(), overwrite=True))
         self.timings["write"] = time.perf_counter() - t0
         return paths
 
@@ -157,6 +198,7 @@ class Session:
 
     def model_info(self) -> dict:
         info = self.package.summary(self.variant)
+        info["classes"] = self.package.classes
         info.update(self.backend.describe())
         return info
 
@@ -301,7 +343,7 @@ def measure(labels: str | os.PathLike | Volume, image: str | os.PathLike | Volum
     timer.timings["total"] = sum(timer.timings.values())
     settings = {"connectivity": connectivity, "min_volume_mm3": min_volume_mm3,
                 "labels": "components of a binary mask" if top <= 1 else "instance ids kept"}
-    return Result(labels=out, geometry=lab, nodes=nodes, timings=timer.timings, info=info,
+    return Result(labels=out, geometry=lab if img is None else img, nodes=nodes, timings=timer.timings, info=info,
                   model=None, settings=settings, warnings=warnings)
 
 

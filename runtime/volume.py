@@ -155,3 +155,20 @@ def world_to_index(vol: Volume, world_xyz) -> np.ndarray:
 
 def voxel_volume_mm3(vol: Volume) -> float:
     return float(math.prod(vol.spacing))
+
+
+def stored_as(array_c: np.ndarray, spacing_zyx, origin_xyz, direction) -> Volume:
+    """A volume with the given (axis-aligned) direction holding `array_c`'s voxels at the same places.
+
+    `array_c` is in canonical order with identity direction and corner voxel at `origin_xyz`; the
+    result stores the same voxels, at the same world points, in the order `direction` implies. Used to
+    write phantoms in any orientation and to test that orientation never changes a result.
+    """
+    o = Orientation.of(direction)
+    arr = np.ascontiguousarray(o.from_canonical(array_c))
+    sp_c = np.asarray(spacing_zyx, dtype=float)
+    sp_in = np.empty(3)
+    sp_in[list(o.perm)] = sp_c
+    corner_c = np.array([(n - 1) if f else 0 for n, f in zip(array_c.shape, o.flip)], dtype=float)
+    origin = np.asarray(origin_xyz, float) + (corner_c * sp_c)[::-1]
+    return Volume(arr, tuple(sp_in[::-1]), tuple(origin), np.asarray(direction, float))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lnrt.volume import Orientation, Volume
+from lnrt.volume import Volume, stored_as
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -26,20 +26,7 @@ def signed_permutations():
 
 
 def place(array_c: np.ndarray, spacing_zyx, origin_xyz, direction) -> Volume:
-    """A volume with the given direction whose voxels are `array_c` seen canonically.
-
-    `array_c` is in canonical order with identity direction and origin `origin_xyz`; the returned
-    volume holds the same voxels at the same world positions, stored in the order `direction` implies.
-    """
-    o = Orientation.of(direction)
-    arr = np.ascontiguousarray(o.from_canonical(array_c))
-    sp_c = np.asarray(spacing_zyx, dtype=float)
-    sp_in = np.empty(3)
-    sp_in[list(o.perm)] = sp_c
-    # input index 0 is canonical index (n - 1) along flipped axes
-    corner_c = np.array([(n - 1) if f else 0 for n, f in zip(array_c.shape, o.flip)], dtype=float)
-    origin = np.asarray(origin_xyz, float) + (corner_c * sp_c)[::-1]
-    return Volume(arr, tuple(sp_in[::-1]), tuple(origin), np.asarray(direction, float))
+    return stored_as(array_c, spacing_zyx, origin_xyz, direction)
 
 
 def save(vol: Volume, path: Path, array=None) -> Path:
@@ -79,10 +66,20 @@ def shared_data():
 
 
 @pytest.fixture(scope="session")
-def session():
+def placeholder_package(tmp_path_factory):
+    """The fast hand-weighted placeholder package, for tests where the network does not matter
+    (readers, geometry, the CLI contract): the trained default is slower on large scans."""
+    pytest.importorskip("onnx")
+    from lnrt.models.placeholder import build_package
+
+    return build_package(tmp_path_factory.mktemp("placeholder"))
+
+
+@pytest.fixture(scope="session")
+def session(placeholder_package):
     import lnrt
 
-    s = lnrt.Session(threads=2)
+    s = lnrt.Session(placeholder_package, threads=2)
     yield s
     s.close()
 

@@ -19,7 +19,7 @@ def pkg_copy(tmp_path):
 
 def test_default_package_loads_and_verifies():
     pkg = ModelPackage.load()
-    assert pkg.variants() == ["fp32"] and len(pkg.patch_zyx) == 3
+    assert "fp32" in pkg.variants() and len(pkg.patch_zyx) == 3
     assert pkg.sha256() == sha256_of(pkg.onnx_path())
     assert "not for clinical use" in pkg.manifest["provenance"]["intended_use"]
 
@@ -47,9 +47,12 @@ def test_missing_file_and_bad_manifest(pkg_copy, tmp_path):
         ModelPackage.load(tmp_path)
 
 
-def test_missing_variant_names_the_export_command():
-    with pytest.raises(LnrtError, match="no int8 variant"):
-        ModelPackage.load().onnx_path("int8")
+def test_missing_variant_names_the_export_command(pkg_copy):
+    manifest = json.loads((pkg_copy / "lnrt.json").read_text())
+    manifest["files"] = {"model.onnx": {}}
+    write_manifest(pkg_copy, manifest)
+    with pytest.raises(LnrtError, match="no int8 variant.*lnrt export"):
+        ModelPackage.load(pkg_copy).onnx_path("int8")
 
 
 def test_onnx_with_the_wrong_input_rank_is_refused(pkg_copy):
@@ -66,16 +69,3 @@ def test_onnx_with_the_wrong_input_rank_is_refused(pkg_copy):
     write_manifest(pkg_copy, manifest)
     with pytest.raises(LnrtError, match="rank 5"):
         lnrt.Session(pkg_copy)
-
-
-def test_the_shipped_onnx_matches_its_builder():
-    """The committed model is exactly what `python -m lnrt.models.placeholder` builds."""
-    pytest.importorskip("onnx")
-    import onnxruntime as ort
-
-    from lnrt.models.placeholder import PATCH, build_onnx
-
-    x = np.random.default_rng(0).uniform(0, 1, (1, 1, *PATCH)).astype(np.float32)
-    ref = ort.InferenceSession(build_onnx().SerializeToString(), providers=["CPUExecutionProvider"])
-    shipped = ort.InferenceSession(str(ModelPackage.load().onnx_path()), providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(ref.run(None, {"image": x})[0], shipped.run(None, {"image": x})[0])

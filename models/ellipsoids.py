@@ -1,6 +1,7 @@
-"""Synthetic neck-like CT phantoms with exact ground truth (numpy only).
+"""Known-answer phantoms: isolated ellipsoid nodes in a simple neck (numpy only).
 
-A first, simple generator: an elliptic neck of fat under skin, two paraspinal muscle masses, a
+Used by the geometry and measurement tests, where every node must be isolated and exact (the
+realistic training and evaluation phantoms are `lnrt.models.neck`). The layout: an elliptic neck of fat under skin, two paraspinal muscle masses, a
 vertebral body with spinal canal, an airway, contrast-filled carotids and jugulars, and lymph nodes
 as ellipsoids in the fat planes where nodal levels II-IV lie (lateral to the vessels). Each node has
 one axis along z (superior-inferior) and a random in-plane rotation, so its true RECIST axes are
@@ -66,7 +67,7 @@ def ellipsoid_mask(shape, spacing, node: NodeSpec) -> np.ndarray:
     return out
 
 
-def neck_phantom(shape=(64, 160, 160), spacing=(2.5, 1.0, 1.0), seed=0, n_nodes=5,
+def ellipsoid_phantom(shape=(64, 160, 160), spacing=(2.5, 1.0, 1.0), seed=0, n_nodes=5,
                  noise_hu=12.0):
     """(hu int16 (z, y, x), instance labels uint16, [NodeSpec]) for one phantom."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,188 @@
+"""Train a U-Net of `lnrt.models.unet` on generated neck phantoms, then package it.
+
+    python -m lnrt.models.train --out runs/edge --iterations 1500            # CPU or GPU (auto)
+    python -m lnrt.models.train --out runs/edge --iterations 3000 --resume   # continue a run
+    python -m lnrt.models.train --out runs/edge --package-only --package models/default
+
+Phantoms (`lnrt.models.neck`) are rendered at the model spacing from training seeds (1000 and up;
+validation uses 9000 and up, evaluation never uses either range below 20000). A pool of phantoms is
+kept and refreshed, patches are sampled with a share centred on nodes, augmented (left-right flip,
+HU scale and shift, extra noise), and the loss is cross-entropy + soft Dice of the node class.
+Every `--val-every` iterations the model runs a full sliding window over validation phantoms and the
+Dice is logged to `train_log.jsonl`; the checkpoint (`checkpoint.pt`: weights, optimizer, RNG,
+iteration) makes runs resumable and reproducible.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .neck import make_spec, render
+from .unet import EDGE, UNet, UNetConfig
+
+SPACING = (2.0, 1.0, 1.0)
+WINDOW = (-200.0, 400.0)
+TRAIN_SEED0, VAL_SEED0 = 1000, 9000
+INFER_PATCH = (48, 96, 96)
+
+
+def normalize(hu: np.ndarray) -> np.ndarray:
+    lo, hi = WINDOW
+    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+class PhantomPool:
+    def __init__(self, size: int, seed0: int, rng: np.random.Generator):
+        self.seed0, self.rng, self.next = seed0, rng, 0
+        self.items = [self._make() for _ in range(size)]
+
+    def _make(self):
+        seed = self.seed0 + self.next
+        self.next += 1
+        hu, labels, _ = render(make_spec(seed), SPACING)
+        nodes = np.argwhere(labels > 0)
+        body = np.argwhere(hu[:, ::8, ::8] > -500) * np.array([1, 8, 8])
+        return hu, labels, nodes, body
+
+    def refresh(self, n: int):
+        for _ in range(n):
+            self.items[int(self.rng.integers(len(self.items)))] = self._make()
+
+    def sample(self, patch, node_fraction):
+        hu, labels, nodes, body = self.items[int(self.rng.integers(len(self.items)))]
+        if len(nodes) and self.rng.random() < node_fraction:
+            centre = nodes[self.rng.integers(len(nodes))] + self.rng.integers(-8, 9, 3) * [0, 1, 1]
+        else:
+            centre = body[self.rng.integers(len(body))]
+        start = [int(np.clip(c - p // 2, 0, max(0, s - p))) for c, p, s in zip(centre, patch, hu.shape)]
+        sl = tuple(slice(a, a + p) for a, p in zip(start, patch))
+        x, y = hu[sl], labels[sl] > 0
+        pads = [(0, p - s) for p, s in zip(patch, x.shape)]
+        x = np.pad(x, pads, constant_values=-1000.0)
+        y = np.pad(y, pads)
+        if self.rng.random() < 0.5:
+            x, y = x[:, :, ::-1], y[:, :, ::-1]
+        x = x * self.rng.uniform(0.92, 1.08) + self.rng.uniform(-20, 20)
+        if self.rng.random() < 0.3:
+            x = x + self.rng.normal(0, self.rng.uniform(3, 15), x.shape)
+        return normalize(x), y.astype(np.int64)
+
+
+def loss_fn(logits, target):
+    ce = F.cross_entropy(logits, target)
+    p = torch.softmax(logits, 1)[:, 1]
+    t = (target == 1).float()
+    inter = (p * t).sum()
+    dice = (2 * inter + 1) / (p.sum() + t.sum() + 1)
+    return ce + (1 - dice)
+
+
+def predict_volume(model, hu, device, batch_size=2):
+    """Sliding window with lnrt's own implementation, so validation sees what inference will do."""
+    from lnrt.sliding_window import SlidingWindowConfig, sliding_window
+
+    def run(batch):
+        with torch.no_grad():
+            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+    logits, _ = sliding_window(normalize(hu), run, SlidingWindowConfig(patch=INFER_PATCH, batch_size=batch_size))
+    return logits.argmax(0)
+
+
+def dice(a, b):
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
+
+
+def train(args):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    cfg = EDGE
+    model = UNet(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    start = 0
+    ckpt = out / "checkpoint.pt"
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["iteration"]
+        rng = np.random.default_rng(args.seed + start)
+        torch.manual_seed(args.seed + start)
+    (out / "config.json").write_text(json.dumps({"unet": cfg.to_dict(), "args": vars(args)}, indent=2))
+    pool = PhantomPool(args.pool, TRAIN_SEED0 + 100_000 * (start // 100_000) + start, rng)
+    val = [render(make_spec(VAL_SEED0 + i), SPACING)[:2] for i in range(args.val_count)]
+    log = open(out / "train_log.jsonl", "a")
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: (1 - min(i + start, args.iterations) / (args.iterations + 1)) ** 0.9)
+    t0, running = time.time(), []
+    for it in range(start, args.iterations):
+        model.train()
+        xs, ys = zip(*[pool.sample(args.patch, args.node_fraction) for _ in range(args.batch_size)])
+        x = torch.from_numpy(np.stack(xs)[:, None]).to(device)
+        y = torch.from_numpy(np.stack(ys)).to(device)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(float(loss))
+        if (it + 1) % args.refresh_every == 0:
+            pool.refresh(max(1, args.pool // 4))
+        if (it + 1) % args.log_every == 0:
+            rec = {"iteration": it + 1, "loss": round(float(np.mean(running)), 4),
+                   "lr": sched.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 1)}
+            running = []
+            if (it + 1) % args.val_every == 0 or it + 1 == args.iterations:
+                model.eval()
+                rec["val_dice"] = round(float(np.mean([dice(predict_volume(model, h, device) > 0, l > 0)
+                                                       for h, l in val])), 4)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps(rec), flush=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1,
+                        "unet": cfg.to_dict()}, ckpt)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": args.iterations,
+                "unet": cfg.to_dict()}, ckpt)
+    return model
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--iterations", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--patch", type=int, nargs=3, default=(32, 64, 64))
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--node-fraction", type=float, default=0.5)
+    ap.add_argument("--pool", type=int, default=24)
+    ap.add_argument("--refresh-every", type=int, default=100)
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--val-every", type=int, default=250)
+    ap.add_argument("--val-count", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--package", default=None, help="after training, write a model package here")
+    ap.add_argument("--package-only", action="store_true", help="package the checkpoint, no training")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.package_only:
+        train(args)
+    if args.package:
+        from .package_model import package_checkpoint
+        print(package_checkpoint(Path(args.out) / "checkpoint.pt", Path(args.package)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""`lnrt evaluate PRED GT`: the metrics lymph-node segmentation papers report.
+
+Per scan:
+- node detection: a true node (a ground-truth instance; a binary truth is split into 26-connected
+  components) is detected "at any overlap" when a predicted voxel touches it, and "at > 50 %" when
+  predicted voxels cover more than half of its voxels;
+- false-positive nodes: predicted components (26-connected) that touch no true node;
+- Dice of the foreground (all nodes together);
+- Hausdorff distance HD and HD95 in mm between the foreground surfaces (surface voxels = voxels with a
+  background face neighbour; distances from SimpleITK's Maurer distance map with the image spacing; HD95
+  is the larger of the two directed 95th percentiles, as MONAI computes it); null when either side is
+  empty;
+- short-axis error of each detected node: the short axis (lnrt.recist, in the patient's axial plane) of
+  the predicted component overlapping it most, minus the true node's own measured short axis;
+- recall stratified by the true node's short axis: < 10, 10-15 and >= 15 mm (RECIST 1.1's cut-offs).
+Over a set of scans, detection counts are pooled (recall = detected / all true nodes), false positives
+averaged per scan, Dice and HD averaged, and the short-axis error summarised by its median.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import LnrtError
+from .imageio import read_labels, stem_of
+from .nodes import label_components
+from .recist import recist_axes
+from .volume import Orientation, Volume
+
+STRATA = (("<10", 0.0, 10.0), ("10-15", 10.0, 15.0), (">=15", 15.0, math.inf))
+
+
+def _instances(arr: np.ndarray) -> np.ndarray:
+    if arr.size and int(arr.max()) <= 1:
+        return label_components(arr > 0, 26)[0]
+    return arr
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    for axis in range(3):
+        for step in (1, -1):
+            shifted = np.roll(mask, step, axis=axis)
+            edge = [slice(None)] * 3
+            edge[axis] = 0 if step == 1 else -1
+            shifted[tuple(edge)] = False
+            inner &= shifted
+    return mask & ~inner
+
+
+def _distances(src: np.ndarray, dst: np.ndarray, spacing_xyz) -> np.ndarray:
+    img = sitk.GetImageFromArray(dst.astype(np.uint8))
+    img.SetSpacing(tuple(float(s) for s in spacing_xyz))
+    dmap = sitk.GetArrayViewFromImage(sitk.SignedMaurerDistanceMap(
+        img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+    return np.abs(dmap[_surface(src)])
+
+
+def hausdorff(a: np.ndarray, b: np.ndarray, spacing_xyz) -> tuple:
+    if not a.any() or not b.any():
+        return None, None
+    # distance of each surface voxel to the other mask's boundary; voxels inside the other count 0
+    da = _distances(a, b, spacing_xyz) * ~b[_surface(a)]
+    db = _distances(b, a, spacing_xyz) * ~a[_surface(b)]
+    return float(max(da.max(), db.max())), float(max(np.percentile(da, 95), np.percentile(db, 95)))
+
+
+def _short_axes(labels: np.ndarray, ids, vol: Volume, orient: Orientation) -> dict:
+    out = {}
+    sp_c = vol.spacing_zyx[list(orient.perm)]
+    for i in ids:
+        idx = np.argwhere(labels == i)
+        lo, hi = idx.min(0), idx.max(0) + 1
+        crop = labels[tuple(slice(a, b) for a, b in zip(lo, hi))] == i
+        axes = recist_axes(orient.to_canonical(crop), sp_c)
+        out[int(i)] = axes.short_mm if axes else 0.0
+    return out
+
+
+def evaluate_scan(pred: Volume, truth: Volume, name: str = "scan") -> dict:
+    if pred.shape != truth.shape:
+        raise LnrtError(f"{name}: prediction shape {pred.shape[::-1]} differs from the truth's "
+                        f"{truth.shape[::-1]}; expected masks on the same grid")
+    if not np.allclose(pred.spacing, truth.spacing, rtol=1e-4):
+        raise LnrtError(f"{name}: prediction spacing {pred.spacing} differs from the truth's {truth.spacing}")
+    p = _instances(np.asarray(pred.array))
+    t = _instances(np.asarray(truth.array))
+    pf, tf = p > 0, t > 0
+    orient = Orientation.of(truth.direction, name)
+    t_ids = [int(i) for i in np.unique(t) if i]
+    p_ids = [int(i) for i in np.unique(p) if i]
+    true_short = _short_axes(t, t_ids, truth, orient)
+    nodes = []
+    matched_pred = {}
+    for i in t_ids:
+        m = t == i
+        covered = pf[m]
+        overlap = p[m][covered]
+        best = int(np.bincount(overlap).argmax()) if overlap.size else None
+        nodes.append({"id": i, "short_axis_mm": round(true_short[i], 3), "voxels": int(m.sum()),
+                      "coverage": round(float(covered.mean()), 4), "detected": bool(covered.any()),
+                      "detected_50": bool(covered.mean() > 0.5), "pred_id": best})
+        if best is not None:
+            matched_pred[i] = best
+    pred_short = _short_axes(p, sorted(set(matched_pred.values())), pred, orient)
+    for n in nodes:
+        if n["pred_id"] is not None:
+            n["short_axis_error_mm"] = round(pred_short[n["pred_id"]] - n["short_axis_mm"], 3)
+    touching = set(np.unique(p[tf]).tolist()) - {0}
+    fp = [i for i in p_ids if i not in touching]
+    inter = np.logical_and(pf, tf).sum()
+    denom = pf.sum() + tf.sum()
+    hd, hd95 = hausdorff(pf, tf, truth.spacing)
+    return {"name": name, "true_nodes": len(t_ids), "pred_nodes": len(p_ids),
+            "detected": sum(n["detected"] for n in nodes), "detected_50": sum(n["detected_50"] for n in nodes),
+            "false_positives": len(fp), "dice": round(float(2 * inter / denom), 4) if denom else 1.0,
+            "hd_mm": None if hd is None else round(hd, 3), "hd95_mm": None if hd95 is None else round(hd95, 3),
+            "nodes": nodes}
+
+
+def summarize(scans: list) -> dict:
+    nodes = [n for s in scans for n in s["nodes"]]
+
+    def recall(sel, key="detected"):
+        sel = list(sel)
+        return None if not sel else round(sum(n[key] for n in sel) / len(sel), 4)
+    strata = {label: {"nodes": len([n for n in nodes if lo <= n["short_axis_mm"] < hi]),
+                      "recall": recall(n for n in nodes if lo <= n["short_axis_mm"] < hi),
+                      "recall_50": recall((n for n in nodes if lo <= n["short_axis_mm"] < hi), "detected_50")}
+              for label, lo, hi in STRATA}
+    errors = [n["short_axis_error_mm"] for n in nodes if n["detected"] and "short_axis_error_mm" in n]
+    hds = [s["hd_mm"] for s in scans if s["hd_mm"] is not None]
+    hd95s = [s["hd95_mm"] for s in scans if s["hd95_mm"] is not None]
+
+    def mean(v):
+        return None if not v else round(float(np.mean(v)), 4)
+    return {
+        "scans": len(scans), "true_nodes": len(nodes),
+        "recall": recall(nodes), "recall_50": recall(nodes, "detected_50"),
+        "recall_short_ge_5mm": recall(n for n in nodes if n["short_axis_mm"] >= 5),
+        "recall_short_ge_10mm": recall(n for n in nodes if n["short_axis_mm"] >= 10),
+        "recall_by_short_axis": strata,
+        "false_positives_per_scan": mean([s["false_positives"] for s in scans]),
+        "dice_mean": mean([s["dice"] for s in scans]),
+        "hd_mm_mean": mean(hds), "hd95_mm_mean": mean(hd95s),
+        "short_axis_error_mm_median": None if not errors else round(float(np.median(errors)), 3),
+        "short_axis_abs_error_mm_median": None if not errors else round(float(np.median(np.abs(errors))), 3),
+    }
+
+
+_SUFFIXES = (".nodes", ".truth", ".labels", ".label", ".seg", ".gt")
+
+
+def _key(path: Path) -> str:
+    stem = stem_of(path)
+    for suffix in _SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def pair_paths(pred: str | os.PathLike, truth: str | os.PathLike) -> list:
+    """(pred, truth) file pairs: two files, or two folders matched by stem (ignoring .nodes/.truth...)."""
+    p, t = Path(pred), Path(truth)
+    for q in (p, t):
+        if not q.exists():
+            raise LnrtError(f"{q}: no such file or folder; expected a label image or a folder of them")
+    if p.is_file() and t.is_file():
+        return [(p, t)]
+    if p.is_dir() and t.is_dir():
+        def images(d):
+            return {_key(f): f for f in sorted(d.iterdir())
+                    if f.is_file() and any(f.name.lower().endswith(s) for s in (".nii", ".nii.gz", ".nrrd", ".mha"))}
+        pi, ti = images(p), images(t)
+        common = sorted(set(pi) & set(ti))
+        if not common:
+            raise LnrtError(f"{p} and {t}: no label images with matching names; expected pairs such as "
+                            "scan.nodes.nii.gz and scan.nii.gz")
+        return [(pi[k], ti[k]) for k in common]
+    raise LnrtError(f"{p} and {t}: give two files or two folders")
+
+
+def evaluate(pred: str | os.PathLike, truth: str | os.PathLike) -> dict:
+    scans = [evaluate_scan(read_labels(a), read_labels(b), _key(a)) for a, b in pair_paths(pred, truth)]
+    return {"schema": "lnrt.evaluation/1", "summary": summarize(scans), "scans": scans}
+
+
+def format_table(result: dict) -> str:
+    s = result["summary"]
+    lines = [f"{'scan':<24} {'true':>5} {'found':>6} {'>50%':>5} {'FP':>4} {'Dice':>6} {'HD95 mm':>8}"]
+    for r in result["scans"]:
+        hd = "-" if r["hd95_mm"] is None else f"{r['hd95_mm']:.1f}"
+        lines.append(f"{r['name'][:24]:<24} {r['true_nodes']:>5} {r['detected']:>6} {r['detected_50']:>5} "
+                     f"{r['false_positives']:>4} {r['dice']:>6.3f} {hd:>8}")
+
+    def f(v, fmt="{:.3f}"):
+        return "-" if v is None else fmt.format(v)
+    lines += ["", f"recall (any overlap) {f(s['recall'])}   recall (>50 %) {f(s['recall_50'])}   "
+              f"short >= 5 mm {f(s['recall_short_ge_5mm'])}   short >= 10 mm {f(s['recall_short_ge_10mm'])}",
+              "recall by true short axis: " + "   ".join(
+                  f"{k} mm: {f(v['recall'])} ({v['nodes']})" for k, v in s["recall_by_short_axis"].items()),
+              f"false positives per scan {f(s['false_positives_per_scan'], '{:.2f}')}   mean Dice "
+              f"{f(s['dice_mean'])}   mean HD {f(s['hd_mm_mean'], '{:.1f}')} mm   mean HD95 "
+              f"{f(s['hd95_mm_mean'], '{:.1f}')} mm",
+              f"short-axis error of detected nodes: median {f(s['short_axis_error_mm_median'], '{:+.2f}')} mm, "
+              f"median |error| {f(s['short_axis_abs_error_mm_median'], '{:.2f}')} mm"]
+    return "\n".join(lines)

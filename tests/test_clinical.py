@@ -1,0 +1,152 @@
+"""Clinical outputs: DICOM SEG and SR (validated, read back), viewer label maps, QC pictures and page."""
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import lnrt
+from lnrt.viewer import CATEGORY_RGB, read_slicer_segments
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def dicom_run(shared_data, session, tmp_path_factory):
+    hd = pytest.importorskip("highdicom")
+    out = tmp_path_factory.mktemp("dicom")
+    res = session.run(shared_data / "dicom" / "neckbase_philips_10slices")
+    assert res.nodes, "the placeholder marks soft-tissue blobs: this series has some"
+    paths = res.save(out, dicom_sr=True, qc=True)
+    return hd, res, paths
+
+
+def test_dicom_seg_and_sr_pass_dciodvfy(dicom_run):
+    if not shutil.which("dciodvfy"):
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    _, _, paths = dicom_run
+    for key in ("dicom_seg", "dicom_sr"):
+        proc = subprocess.run(["dciodvfy", str(paths[key])], capture_output=True, text=True)
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+        assert errors == [], (key, errors)
+
+
+def test_seg_segments_equal_the_label_map_on_the_source_frames(dicom_run):
+    hd, res, paths = dicom_run
+    seg = hd.seg.segread(str(paths["dicom_seg"]))
+    assert seg.Manufacturer == "lnrt" and "lnrt" in seg.SoftwareVersions
+    import pydicom
+
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in res.info.files]
+    uids = [s.SOPInstanceUID for s in sources]
+    numbers = list(range(1, len(res.nodes) + 1))
+    pix = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers,
+                                            assert_missing_frames_are_empty=True)
+    assert pix.shape == (len(uids), *res.labels.shape[1:], len(numbers))
+    by_number = {d.SegmentNumber: d for d in seg.SegmentSequence}
+    for number, node in zip(numbers, sorted(res.nodes, key=lambda n: n["id"])):
+        assert by_number[number].SegmentLabel == f"node {node['id']}"
+        assert by_number[number].SegmentedPropertyTypeCodeSequence[0].CodeValue == "59441001"
+        np.testing.assert_array_equal(pix[..., number - 1] > 0, res.labels == node["id"])
+
+
+def test_sr_axes_equal_the_json_report(dicom_run):
+    hd, res, paths = dicom_run
+    from pydicom.sr.codedict import codes
+
+    sr = hd.sr.srread(str(paths["dicom_sr"]))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    report = json.loads(paths["report"].read_text())
+    by_id = {f"node {n['id']}": n for n in report["nodes"]}
+    assert len(groups) == len(by_id)
+    seg = hd.seg.segread(str(paths["dicom_seg"]))
+    for g in groups:
+        node = by_id[g.tracking_identifier]
+        assert g.get_measurements(name=codes.SCT.ShortAxis)[0].value == pytest.approx(node["short_axis_mm"])
+        assert g.get_measurements(name=codes.SCT.LongAxis)[0].value == pytest.approx(node["long_axis_mm"])
+        assert g.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(node["volume_mm3"])
+        assert node["recist"] in g.get_qualitative_evaluations()[0].value.meaning.lower()
+        ref = g.reference_type, g.referenced_segment
+        assert ref[1].referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert report["input"]["study_uid"] and report["input"]["series_uid"]
+
+
+def test_dicom_outputs_need_a_dicom_input(tmp_path, run_cli, capsys, placeholder_package):
+    pytest.importorskip("highdicom")
+    rc = run_cli("infer", lnrt.sample_path(), "--out", tmp_path, "--dicom-seg", "--model", placeholder_package)
+    assert rc == 2 and "DICOM folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_viewer_label_descriptions_match_the_node_ids(session, tmp_path):
+    res = session.run(lnrt.sample_path())
+    paths = res.save(tmp_path)
+    segments = read_slicer_segments(paths["viewer_nrrd"])
+    ids = sorted(n["id"] for n in res.nodes)
+    assert sorted(segments) == ids
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(paths["viewer_nrrd"])))
+    np.testing.assert_array_equal(arr, res.labels)
+    for n in res.nodes:
+        name, color = segments[n["id"]]
+        assert f"node {n['id']}" in name and f"{n['short_axis_mm']:.1f} mm" in name
+        if n["recist"] == "enlarged":
+            assert np.allclose(np.array(color) * 255, CATEGORY_RGB["enlarged"], atol=1)
+    lines = [ln for ln in paths["viewer_labels"].read_text().splitlines() if not ln.startswith("#")]
+    assert [int(ln.split()[0]) for ln in lines] == [0] + ids
+
+
+def _chromium(html, tmp_path, *args):
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args,
+                           html.as_uri()], capture_output=True, text=True, timeout=120)
+
+
+def test_qc_page_renders_every_node_in_headless_chromium(session, tmp_path):
+    pytest.importorskip("PIL")
+    res = session.run(lnrt.sample_path())
+    paths = res.save(tmp_path, qc=True)
+    page = paths["qc_html"].read_text()
+    assert "http://" not in page and "https://" not in page.replace("https://dicom", "")  # self-contained
+    assert len(list(paths["qc_dir"].glob("node_*.png"))) == len(res.nodes)
+    if not CHROMIUM:
+        pytest.skip("Chromium (Debian package chromium) is not installed")
+    dom = _chromium(paths["qc_html"], tmp_path, "--dump-dom").stdout
+    for n in res.nodes:
+        assert f'id="row-{n["id"]}"' in dom and f'id="node-{n["id"]}"' in dom
+    assert dom.count("data:image/png;base64,") == len(res.nodes) + 1
+    shot = tmp_path / "qc.png"
+    _chromium(paths["qc_html"], tmp_path, f"--screenshot={shot}", "--window-size=1280,1600")
+    from PIL import Image
+
+    img = Image.open(shot)
+    assert img.size == (1280, 1600) and len(np.unique(np.asarray(img.convert("L")))) > 50  # not blank
+
+
+def test_qc_without_nodes_and_with_a_node_at_the_border(tmp_path):
+    pytest.importorskip("PIL")
+    hu = np.full((6, 50, 60), -100, np.int16)
+    hu[:, :2] = -1000
+    img = sitk.GetImageFromArray(hu)
+    img.SetSpacing((0.8, 0.8, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "ct.nii.gz"))
+    empty = np.zeros(hu.shape, np.uint8)
+    e = sitk.GetImageFromArray(empty)
+    e.CopyInformation(img)
+    sitk.WriteImage(e, str(tmp_path / "none.nii.gz"))
+    paths = lnrt.measure(tmp_path / "none.nii.gz", image=tmp_path / "ct.nii.gz").save(tmp_path / "a", qc=True)
+    page = paths["qc_html"].read_text()
+    assert 'id="no-nodes"' in page and 'id="overview"' in page
+    border = empty.copy()
+    border[2:5, 0:8, 50:60] = 1  # touches two faces of the image
+    b = sitk.GetImageFromArray(border)
+    b.CopyInformation(img)
+    sitk.WriteImage(b, str(tmp_path / "border.nii.gz"))
+    res = lnrt.measure(tmp_path / "border.nii.gz", image=tmp_path / "ct.nii.gz")
+    paths = res.save(tmp_path / "b", qc=True)
+    from PIL import Image
+
+    pic = Image.open(paths["qc_dir"] / "node_001.png")
+    assert pic.width >= 300 and pic.height >= 300

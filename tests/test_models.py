@@ -1,0 +1,144 @@
+"""The phantom generator (numpy) and the network, export and training (torch; skipped without it)."""
+import json
+
+import numpy as np
+import pytest
+
+from lnrt.models.neck import LEVELS, make_spec, render
+from lnrt.recist import recist_axes
+
+
+def test_phantoms_are_deterministic_by_seed():
+    a = render(make_spec(5), (3.0, 1.5, 1.5))
+    b = render(make_spec(5), (3.0, 1.5, 1.5))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(render(make_spec(6), (3.0, 1.5, 1.5))[1], a[1])
+
+
+def test_regular_nodes_have_their_analytic_axes_on_any_grid():
+    sp = (1.0, 0.5, 0.5)
+    checked = 0
+    for seed in (11, 12):
+        spec = make_spec(seed)
+        hu, labels, origin = render(spec, sp)
+        for i, n in enumerate(spec.nodes, start=1):
+            if n.lobes or not (labels == i).any():
+                continue
+            crop = labels == i
+            axes = recist_axes(crop, sp)
+            # the largest cross-section is on the slice nearest the centre
+            dz = abs(((n.center[2] - origin[2]) / sp[0]) % 1.0)
+            dz = min(dz, 1 - dz) * sp[0]
+            f = np.sqrt(max(0.0, 1 - (dz / n.axes[2]) ** 2))
+            near = np.zeros_like(crop)
+            for ax in range(3):
+                for st in (-1, 1):
+                    near |= np.roll(crop, st, ax)
+            if ((labels[near] != i) & (labels[near] > 0)).any():
+                continue  # conglomerates: a touching neighbour clips the outline
+            assert abs(axes.short_mm - n.short_axis_mm * f) <= 0.5 + sp[1], (seed, i)
+            assert abs(axes.long_mm - n.long_axis_mm * f) <= 0.5 + sp[1], (seed, i)
+            checked += 1
+    assert checked >= 8
+
+
+def test_nodes_sit_in_fat_at_node_density():
+    spec = make_spec(21)
+    spec.noise = 0.0
+    spec.blur = False
+    spec.streaks = []
+    hu, labels, _ = render(spec, (2.0, 1.0, 1.0))
+    for i, n in enumerate(spec.nodes, start=1):
+        m = labels == i
+        if not m.any():
+            continue
+        if not n.necrosis:
+            assert np.allclose(hu[m], n.hu)
+        if n.short_axis_mm >= 15:
+            continue  # enlarged nodes may displace muscle
+        ring = np.zeros_like(m)
+        for ax in (1, 2):
+            for st in (-2, 2):
+                ring |= np.roll(m, st, ax)
+        ring &= labels == 0
+        assert np.median(hu[ring]) < 0  # mostly fat around a node
+
+
+def test_the_node_population_covers_levels_sizes_and_variants():
+    specs = [make_spec(s) for s in range(1000, 1040)]
+    nodes = [n for s in specs for n in s.nodes]
+    shorts = np.array([n.short_axis_mm for n in nodes])
+    assert shorts.min() < 4 and shorts.max() > 20 and (shorts >= 15).sum() >= 5
+    assert {n.level for n in nodes} == set(LEVELS)
+    assert any(n.necrosis for n in nodes) and any(n.lobes for n in nodes)
+    assert 4 <= np.mean([len(s.nodes) for s in specs]) <= 14
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_unet_shapes_configs_and_round_trip():
+    from lnrt.models.unet import EDGE, UNet, UNetConfig
+
+    net = UNet(EDGE).eval()
+    x = torch.zeros(2, 1, 16, 32, 40)
+    assert net(x).shape == (2, 2, 16, 32, 40)
+    assert UNetConfig.from_dict(json.loads(json.dumps(EDGE.to_dict()))) == EDGE
+    # an nnU-Net PlainConvUNet-like shape: 5 stages, instance norm, anisotropic first strides
+    nn_like = UNetConfig(in_channels=1, num_classes=3, features=(32, 64, 128, 256, 320),
+                         kernel_sizes=((1, 3, 3),) + ((3, 3, 3),) * 4,
+                         strides=((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
+                         n_conv_per_stage=(2,) * 5, n_conv_per_stage_decoder=(2,) * 4, norm="instance",
+                         deep_supervision=True)
+    big = UNet(nn_like).train()
+    outs = big(torch.zeros(1, 1, 8, 32, 32))
+    assert isinstance(outs, list) and outs[0].shape == (1, 3, 8, 32, 32) and len(outs) == 4
+    assert big.eval()(torch.zeros(1, 1, 8, 32, 32)).shape == (1, 3, 8, 32, 32)
+    with pytest.raises(ValueError):
+        UNetConfig(features=(8, 16), strides=((1, 1, 1),))
+
+
+def test_onnx_export_matches_pytorch():
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+
+    from lnrt.models.package_model import export_onnx
+    from lnrt.models.unet import EDGE, UNet
+
+    torch.manual_seed(0)
+    net = UNet(EDGE).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so folding is exercised
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    data = export_onnx(net, patch=(16, 32, 32))
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 1, (3, 1, 16, 32, 32)).astype(np.float32)  # batch 3: dynamic
+    got = sess.run(None, {"image": x})[0]
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert np.abs(got - ref).max() < 1e-4
+    ops = {n.op_type for n in __import__("onnx").load_from_string(data).graph.node}
+    assert "BatchNormalization" not in ops  # folded into the convolutions
+
+
+def test_training_runs_resumes_and_packages(tmp_path):
+    pytest.importorskip("onnx")
+    import argparse
+
+    from lnrt.models.train import train
+
+    args = argparse.Namespace(out=str(tmp_path / "run"), iterations=4, batch_size=1, patch=(16, 32, 32), lr=1e-3,
+                              node_fraction=0.5, pool=2, refresh_every=2, log_every=2, val_every=4, val_count=1,
+                              seed=0, device="cpu", threads=0, resume=False, package=None, package_only=False)
+    train(args)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [2, 4] and "val_dice" in log[-1]
+    args.iterations, args.resume = 6, True
+    train(args)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [2, 4, 6]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 6
