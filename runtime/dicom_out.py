@@ -170,26 +170,41 @@ def build_sr(sources: list, seg, mapping: dict, nodes: list, equipment: Equipmen
     return sr
 
 
-def write_dicom(out_dir: Path, stem: str, files: list, source: str, labels: np.ndarray, nodes: list,
-                model: dict, seg: bool, sr: bool, per: str = "node", classes: list | None = None,
-                equipment: Equipment = Equipment(), overwrite: bool = False) -> dict:
-    """Write DIR/<stem>.seg.dcm and/or DIR/<stem>.sr.dcm; returns the paths written."""
-    out_dir = Path(out_dir)
-    paths = {}
-    targets = {"dicom_seg": out_dir / f"{stem}.seg.dcm", "dicom_sr": out_dir / f"{stem}.sr.dcm"}
-    for key, p in targets.items():
-        if ((key == "dicom_seg" and (seg or sr)) or (key == "dicom_sr" and sr)) and p.exists() and not overwrite:
-            raise LnrtError(f"{p}: already exists; pass --overwrite to replace it")
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+
+
+def check_sources(files: list, source: str) -> None:
+    """A SEG references its source instances by UID: refuse series anonymised without them."""
+    if not files:
+        raise LnrtError(f"{source}: DICOM SEG and SR need a DICOM series as input; expected a DICOM folder")
+    _, pydicom, _ = _hd()
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    missing = [k for k in REQUIRED_UIDS if not str(first.get(k, "") or "").strip()]
+    if missing:
+        raise LnrtError(f"{source}: the series has no {', '.join(missing)} (anonymised without UIDs), "
+                        "which a DICOM SEG must reference; expected a series with UIDs (or --no-dicom-seg)")
+
+
+def build_dicom(files: list, source: str, labels: np.ndarray, nodes: list, model: dict, sr: bool,
+                per: str = "node", classes: list | None = None, equipment: Equipment = Equipment()) -> dict:
+    """{"dicom_seg": dataset, "dicom_sr": dataset} in memory (empty when there are no nodes)."""
     if sr and per != "node":
         raise LnrtError("a DICOM SR needs one SEG segment per node; use --seg-segments node with --dicom-sr")
+    check_sources(files, source)
     if not nodes:
-        return paths  # nothing to encode: a SEG needs at least one segment
+        return {}  # nothing to encode: a SEG needs at least one segment
     sources = _source_datasets(files, source)
-    out_dir.mkdir(parents=True, exist_ok=True)
     seg_ds, mapping = build_seg(sources, labels, nodes, model, equipment, per, classes)
-    _write(seg_ds, targets["dicom_seg"])
-    paths["dicom_seg"] = targets["dicom_seg"]
+    out = {"dicom_seg": seg_ds}
     if sr:
-        _write(build_sr(sources, seg_ds, mapping, nodes, equipment), targets["dicom_sr"])
-        paths["dicom_sr"] = targets["dicom_sr"]
+        out["dicom_sr"] = build_sr(sources, seg_ds, mapping, nodes, equipment)
+    return out
+
+
+def write_datasets(out_dir: Path, stem: str, datasets: dict) -> dict:
+    suffix = {"dicom_seg": ".seg.dcm", "dicom_sr": ".sr.dcm"}
+    paths = {}
+    for key, ds in datasets.items():
+        paths[key] = Path(out_dir) / f"{stem}{suffix[key]}"
+        _write(ds, paths[key])
     return paths

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LnrtError, missing_extra
+from .errors import missing_extra
 from .viewer import node_color, node_name
 from .volume import Orientation, world_to_index
 
@@ -196,35 +196,36 @@ document.querySelectorAll("#nodes th").forEach(function(th, col) {{
 """
 
 
-def write_qc(out_dir: Path, stem: str, vol, labels: np.ndarray, report: dict, overwrite: bool = False) -> dict:
-    """Write DIR/<stem>.qc.html and DIR/<stem>.qc/ (PNG files); returns their paths."""
-    out_dir = Path(out_dir)
-    page, folder = out_dir / f"{stem}.qc.html", out_dir / f"{stem}.qc"
-    for p in (page, folder):
-        if p.exists() and not overwrite:
-            raise LnrtError(f"{p}: already exists; pass --overwrite to replace it")
+def render_qc(vol, labels: np.ndarray, report: dict) -> tuple:
+    """(HTML page, {file name: PNG bytes}) in memory."""
     orient = Orientation.of(vol.direction)
     can = orient.canonical_volume(vol)
     lab_c = orient.to_canonical(labels)
     overview = _png(overview_picture(can.array, can, report["nodes"]))
     pngs = {n["id"]: _png(node_picture(can.array, lab_c, can, n)) for n in report["nodes"]
             if n["long_axis_ends_mm"] is not None}
+    files = {"overview.png": overview, **{f"node_{i:03d}.png": data for i, data in pngs.items()}}
+    return _page(report, overview, pngs), files
+
+
+def write_qc(out_dir: Path, stem: str, page: str, files: dict) -> dict:
+    """Write DIR/<stem>.qc.html and DIR/<stem>.qc/ (replacing older ones); returns their paths."""
+    out_dir = Path(out_dir)
+    html_path, folder = out_dir / f"{stem}.qc.html", out_dir / f"{stem}.qc"
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.qc.", dir=out_dir))
+    tmp_page = out_dir / f".{stem}.qc.html.part"
     try:
-        (tmp / "overview.png").write_bytes(overview)
-        for node_id, data in pngs.items():
-            (tmp / f"node_{node_id:03d}.png").write_bytes(data)
-        tmp_page = out_dir / f".{stem}.qc.html.part"
-        tmp_page.write_text(_page(report, overview, pngs), encoding="utf-8")
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        tmp_page.write_text(page, encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-        os.replace(tmp_page, page)
+        os.replace(tmp_page, html_path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-        leftover = out_dir / f".{stem}.qc.html.part"
-        if leftover.exists():
-            leftover.unlink()
-    return {"qc_html": page, "qc_dir": folder}
+        if tmp_page.exists():
+            tmp_page.unlink()
+    return {"qc_html": html_path, "qc_dir": folder}

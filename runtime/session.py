@@ -94,14 +94,32 @@ class Result:
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False, viewer: bool = True,
              qc: bool = False, dicom_seg: bool | None = None, dicom_sr: bool = False,
              seg_segments: str = "node", equipment=None) -> dict:
-        """Write the outputs; see the README's Outputs section. Returns {name: path}."""
+        """Write the outputs; see the README's Outputs section. Returns {name: path}.
+
+        Everything that can fail (DICOM datasets, QC pictures) is built in memory first: a failure
+        leaves no file behind. A DICOM SEG that is only automatic (DICOM input, no `dicom_seg=True`)
+        is skipped with a warning when the series cannot be referenced (no UIDs)."""
         t0 = time.perf_counter()
         extras = self.extras(viewer, qc, dicom_seg, dicom_sr)
-        if "dicom_seg" in extras and not self.info.files:
-            raise LnrtError(f"{self.info.path}: DICOM SEG and SR need a DICOM series as input; "
-                            "expected a DICOM folder (or drop --dicom-seg/--dicom-sr)")
+        datasets = {}
+        if "dicom_seg" in extras:
+            from .dicom_out import Equipment, build_dicom
+            try:
+                datasets = build_dicom(self.info.files, self.info.path, self.labels, self.nodes,
+                                       self.model or {}, dicom_sr, seg_segments,
+                                       (self.model or {}).get("classes"), equipment or Equipment())
+            except LnrtError as exc:
+                if dicom_seg is not None or dicom_sr:
+                    raise
+                self.warnings.append(f"no DICOM SEG written: {exc}")
+                log.warning("no DICOM SEG written: %s", exc)
+                extras = tuple(e for e in extras if not e.startswith("dicom"))
         check_writable(out_dir, self.info.stem, overwrite, inputs=(self.info.path,), extras=extras)
         report = self.report()
+        qc_page = None
+        if qc:
+            from .qc import render_qc
+            qc_page = render_qc(self.geometry, self.labels, report)
         image = self.label_image()
         paths = write_outputs(out_dir, self.info.stem, image, report, overwrite, inputs=(self.info.path,))
         out = Path(out_dir)
@@ -112,14 +130,12 @@ class Result:
             write_image(slicer_segmentation(image, self.nodes), paths["viewer_nrrd"])
             paths["viewer_labels"] = out / f"{self.info.stem}.nodes.label.txt"
             write_text(paths["viewer_labels"], itksnap_labels(self.nodes))
-        if qc:
+        if qc_page:
             from .qc import write_qc
-            paths.update(write_qc(out, self.info.stem, self.geometry, self.labels, report, overwrite=True))
-        if "dicom_seg" in extras:
-            from .dicom_out import Equipment, write_dicom
-            paths.update(write_dicom(out, self.info.stem, self.info.files, self.info.path, self.labels,
-                                     self.nodes, self.model or {}, True, dicom_sr, seg_segments,
-                                     (self.model or {}).get("classes"), equipment or Equipment(), overwrite=True))
+            paths.update(write_qc(out, self.info.stem, *qc_page))
+        if datasets:
+            from .dicom_out import write_datasets
+            paths.update(write_datasets(out, self.info.stem, datasets))
         self.timings["write"] = time.perf_counter() - t0
         return paths
 

@@ -150,3 +150,25 @@ def test_qc_without_nodes_and_with_a_node_at_the_border(tmp_path):
 
     pic = Image.open(paths["qc_dir"] / "node_001.png")
     assert pic.width >= 300 and pic.height >= 300
+
+
+def test_anonymised_series_without_uids_skips_the_automatic_seg(shared_data, session, tmp_path):
+    pytest.importorskip("highdicom")
+    res = session.run(shared_data / "dicom" / "abdomen_siemens_20slices")
+    paths = res.save(tmp_path / "auto")  # SEG only automatic: skipped, said in the report
+    assert "dicom_seg" not in paths and any("no DICOM SEG" in w for w in res.warnings)
+    assert any("no DICOM SEG" in w for w in json.loads(paths["report"].read_text())["warnings"])
+    with pytest.raises(lnrt.LnrtError, match="anonymised without UIDs"):
+        res.save(tmp_path / "explicit", dicom_seg=True)
+    assert not (tmp_path / "explicit").exists()  # refused before anything was written
+
+
+def test_thorax_series_with_an_rtstruct_gives_valid_seg_and_sr(shared_data, session, tmp_path):
+    pytest.importorskip("highdicom")
+    res = session.run(shared_data / "dicom" / "thorax_with_rtstruct")
+    paths = res.save(tmp_path, dicom_sr=True)
+    assert paths["dicom_seg"].is_file() and paths["dicom_sr"].is_file()
+    if shutil.which("dciodvfy"):
+        for key in ("dicom_seg", "dicom_sr"):
+            out = subprocess.run(["dciodvfy", str(paths[key])], capture_output=True, text=True)
+            assert not [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
