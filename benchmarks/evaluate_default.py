@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import itertools
 import json
 import platform
 import sys
@@ -20,25 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 import lnrt
 from lnrt.evaluate import evaluate_scan, format_table, summarize
 from lnrt.imageio import to_sitk
-from lnrt.models.neck import make_spec, render
-from lnrt.volume import stored_as
-
-
-def directions():
-    out = []
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((1, -1), repeat=3):
-            d = np.zeros((3, 3))
-            for i, (p, s) in enumerate(zip(perm, signs)):
-                d[p, i] = s
-            out.append(d)
-    return out
+from lnrt.models.neck import random_scan
 
 
 def main() -> None:
@@ -49,29 +35,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     session = lnrt.Session(args.model)
-    dirs = directions()
     scans, settings = [], []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.scans):
             seed = args.seed0 + i
-            rng = np.random.default_rng(seed)
-            sp = (float(rng.uniform(0.6, 3.0)), *([float(rng.uniform(0.4, 1.0))] * 2))
-            spec = make_spec(seed)
-            hu, labels, origin = render(spec, sp, pad_z=10.0)
-            direction = dirs[int(rng.integers(len(dirs)))]
-            shift = rng.uniform(-200, 200, 3)
-            ct = stored_as(np.round(hu).astype(np.int16), sp, np.asarray(origin) + shift, direction)
-            truth = stored_as(labels, sp, np.asarray(origin) + shift, direction)
+            ct, truth, spec = random_scan(seed)
             path = Path(tmp) / f"phantom_{seed}.nii.gz"
             sitk.WriteImage(to_sitk(ct), str(path), useCompression=True)
             res = session.run(path)
-            pred = ct.with_array(res.labels)
-            r = evaluate_scan(pred, truth, f"phantom_{seed}")
+            r = evaluate_scan(ct.with_array(res.labels), truth, f"phantom_{seed}")
             r["timings_s"] = {k: round(v, 3) for k, v in res.timings.items()}
             scans.append(r)
-            settings.append({"seed": seed, "spacing_zyx_mm": [round(s, 3) for s in sp], "shape_zyx": list(hu.shape),
-                             "direction": direction.ravel().tolist()})
+            settings.append({"seed": seed, "spacing_xyz_mm": [round(s, 3) for s in ct.spacing],
+                             "shape_zyx": list(ct.shape), "direction": ct.direction.ravel().tolist()})
             print(f"{r['name']}: {r['true_nodes']} nodes, found {r['detected']}, FP {r['false_positives']}, "
                   f"Dice {r['dice']:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     result = {"schema": "lnrt.evaluation/1", "benchmark": "model_eval", "date": dt.date.today().isoformat(),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .neck import make_spec, render
+from .neck import make_spec, render, truth_table
 
 SEED, SPACING_ZYX = 30000, (3.0, 0.9, 0.9)
 
@@ -24,11 +24,7 @@ def main(out: Path) -> None:
         img.SetSpacing(SPACING_ZYX[::-1])
         img.SetOrigin(origin)
         sitk.WriteImage(img, str(out / name), useCompression=True)
-    truth = [{"id": i, "level": str(n.level), "long_axis_mm": round(n.long_axis_mm, 3),
-              "short_axis_mm": round(n.short_axis_mm, 3), "center_xyz_mm": [round(float(c), 3) for c in n.center],
-              "necrosis": bool(n.necrosis), "lobulated": bool(n.lobes)}
-             for i, n in enumerate(spec.nodes, start=1)]
-    (out / "sample_neck_phantom.truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    (out / "sample_neck_phantom.truth.json").write_text(json.dumps(truth_table(spec), indent=2) + "\n")
 
 
 if __name__ == "__main__":

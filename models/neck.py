@@ -14,16 +14,20 @@ z to superior; z = 0 is the thoracic inlet, the top is the mandible. What is dra
 - Thyroid lobes and isthmus in the lower third (iodine-rich, 90-130 HU); submandibular glands in the
   upper third (35-60 HU, node-like: a confounder) and parotids at the top (fatty, -30..10 HU).
 - Mandible (1000-1400 HU) in the top slices and the hyoid bone as a small arc.
-- Contrast-enhanced common carotids (250-350 HU) that curve along z, change calibre and bifurcate into
-  internal and external carotids; internal jugular veins (150-250 HU) lateral to them, often asymmetric.
+- Common carotids that curve along z, change calibre and bifurcate into internal and external
+  carotids; internal jugular veins lateral to them, often asymmetric; 2-6 small veins (external and
+  anterior jugular-like tubes, 2-4.4 mm) in the fat. Three scans in four are contrast-enhanced
+  (arteries 250-350 HU, veins 120-250 HU); one in four is unenhanced, as radiotherapy planning CTs often
+  are, and then every vessel has node density (35-55 HU): only its tubular 3D shape tells it from a node.
 - Lymph nodes along the jugular chain, levels II (upper third), III (middle) and IV (lower), beside the
   vessels: ovoid to round, short axis 3-40 mm (most small, some 10-15 mm, a few enlarged), 30-60 HU;
   enlarged nodes sometimes have central necrosis (a 10-20 HU core) or a lobulated outline; some come as
   conglomerates of touching nodes (each its own instance in the truth). Nodes below 15 mm lie in fat
   and never overlap muscle or gland (with the same density, a node inside a muscle has no visible
   outline); enlarged nodes may displace them, as they do in patients.
-- Imaging: partial-volume blur (Gaussian, about 0.6 voxel in-plane and 0.4 along z), Gaussian noise of
-  5-25 HU, and in some scans streaks radiating from the spine or mandible (metal/beam-hardening-like).
+- Imaging: partial-volume blur (Gaussian, sigma 0.4-1.6 mm in-plane and 0.6-2 mm along z: sharp
+  thin-slice scans to coarse ones resampled up), Gaussian noise of 5-25 HU, and in some scans streaks
+  radiating from the spine or mandible (metal/beam-hardening-like).
 Nodes keep one axis along z with a random in-plane angle, so regular nodes have exact RECIST axes:
 long = 2a, short = 2b.
 """
@@ -67,10 +71,12 @@ class NeckSpec:
     blur: bool
     streaks: list
     vessels: dict
+    blur_sigma: tuple = (0.6, 0.4)  # partial-volume blur (in-plane, along z) in voxels
+    small_veins: list = field(default_factory=list)  # (x0, y0, dx, dy, radius, hu): tubes along z
     nodes: list = field(default_factory=list)
 
 
-def _vessel_paths(rng, height):
+def _vessel_paths(rng, height, enhanced=True):
     """Centre lines and radii of carotids and jugulars as functions of z (mm)."""
     paths = {}
     bif = height * rng.uniform(0.55, 0.75)
@@ -80,7 +86,8 @@ def _vessel_paths(rng, height):
         rj = rng.uniform(4.0, 8.0) * (1.0 if side > 0 else rng.uniform(0.6, 1.0))
         paths[side] = dict(bif=bif, cx0=cx0, amp=amp, ph=ph, rc=rc, rj=rj,
                            jx=side * rng.uniform(5, 9), jy=rng.uniform(-2, 4),
-                           hu_a=rng.uniform(250, 350), hu_v=rng.uniform(150, 250))
+                           hu_a=rng.uniform(250, 350) if enhanced else rng.uniform(35, 55),
+                           hu_v=rng.uniform(150, 250) if enhanced else rng.uniform(35, 55))
     return paths
 
 
@@ -127,10 +134,18 @@ def soft_tissue(spec: NeckSpec, t: float) -> list:
 def make_spec(seed: int, n_nodes: tuple = (4, 14)) -> NeckSpec:
     rng = np.random.default_rng(seed)
     height = rng.uniform(110, 160)
+    enhanced = bool(rng.random() < 0.75)
     spec = NeckSpec(seed=seed, height=height, rx=rng.uniform(58, 72), ry=rng.uniform(50, 60),
                     fat_hu=rng.uniform(-120, -80), muscle_hu=rng.uniform(45, 65),
                     noise=rng.uniform(5, 25), blur=bool(rng.random() < 0.9),
-                    streaks=[], vessels=_vessel_paths(rng, height))
+                    streaks=[], vessels=_vessel_paths(rng, height, enhanced),
+                    blur_sigma=(float(rng.uniform(0.4, 1.6)), float(rng.uniform(0.3, 1.0))))
+    for _ in range(int(rng.integers(2, 7))):  # external/anterior jugular-like veins in the fat
+        ang = rng.uniform(0, 2 * np.pi)
+        r = rng.uniform(0.55, 0.85)
+        spec.small_veins.append((r * spec.rx * np.cos(ang), r * spec.ry * np.sin(ang), rng.uniform(-8, 8),
+                                 rng.uniform(-8, 8), rng.uniform(1.0, 2.2),
+                                 rng.uniform(120, 220) if enhanced else rng.uniform(35, 55)))
     if rng.random() < 0.25:
         spec.streaks = [(rng.uniform(0, height), rng.uniform(15, 40), int(rng.integers(6, 16)),
                          rng.uniform(0, np.pi), rng.choice(["spine", "mandible"]))
@@ -195,6 +210,10 @@ def _fits(spec: NeckSpec, n: Node) -> bool:
             for cx, cy, ea, eb, ang, _ in soft_tissue(spec, zz / spec.height):
                 if (_ellipse(px, py, cx, cy, ea, eb, ang) <= 1).any():
                     return False  # nodes lie in fat beside muscles and glands, not inside them
+    for vx0, vy0, dvx, dvy, vr, _ in spec.small_veins:
+        t = z / spec.height
+        if np.hypot(x - (vx0 + dvx * t), y - (vy0 + dvy * t)) < vr + a + 1.0:
+            return False
     for m in spec.nodes:
         if abs(m.center[2] - z) < m.axes[2] + n.axes[2] and \
                 np.hypot(m.center[0] - x, m.center[1] - y) < m.axes[0] + a + 0.3:
@@ -268,6 +287,8 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
                 s[_ellipse(X, Y, jx, jy, jr, jr * 0.8) <= 1] = p["hu_v"]
                 for vx, vy, vr in _carotid(p, z, H):
                     s[_ellipse(X, Y, vx, vy, vr, vr) <= 1] = p["hu_a"]
+            for vx0, vy0, dvx, dvy, vr, vhu in spec.small_veins:
+                s[_ellipse(X, Y, vx0 + dvx * t, vy0 + dvy * t, vr, vr) <= 1] = vhu
             for i, n in enumerate(spec.nodes, start=1):
                 dz = (z - n.center[2]) / n.axes[2]
                 if abs(dz) >= 1:
@@ -293,7 +314,42 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
                     s += (amp * np.cos(nrays * (theta - ang0)) * np.exp(-rr / 60.0)).astype(np.float32) * (body <= 1)
         hu[k] = s
     if spec.blur:
-        hu = _blur_axis(_blur_axis(_blur_axis(hu, 0.6, 2), 0.6, 1), 0.4, 0)
+        # blur is set in mm-equivalent voxels of a 1 x 1 x 2 mm grid, so it is the same physical blur
+        # at any rendering spacing
+        bxy = spec.blur_sigma[0] * 1.0 / min(sy, sx)
+        bz = spec.blur_sigma[1] * 2.0 / sz
+        hu = _blur_axis(_blur_axis(_blur_axis(hu, bxy, 2), bxy, 1), bz, 0)
     for k in range(nz):
         hu[k] += rng.normal(0, spec.noise, (ny, nx)).astype(np.float32)
     return hu, labels, origin
+
+
+def truth_table(spec: NeckSpec) -> list:
+    """The node table of a phantom: exact axes for ellipsoids (lobulated outlines are flagged)."""
+    return [{"id": i, "level": str(n.level), "long_axis_mm": round(n.long_axis_mm, 3),
+             "short_axis_mm": round(n.short_axis_mm, 3), "center_xyz_mm": [round(float(c), 3) for c in n.center],
+             "hu": round(n.hu, 1), "necrosis": bool(n.necrosis), "lobulated": bool(n.lobes)}
+            for i, n in enumerate(spec.nodes, start=1)]
+
+
+def random_scan(seed: int, in_plane=(0.4, 1.0), slices=(0.6, 3.0)):
+    """A phantom as a scanner would store it: (ct Volume int16, truth Volume uint16, spec).
+
+    Random in-plane spacing and slice thickness, a random axis-aligned storage direction (any of the
+    48 signed axis permutations: LPS, RAS, coronal or sagittal stacks...) and a random origin.
+    """
+    from lnrt.volume import stored_as
+
+    rng = np.random.default_rng(seed + 7_000_001)
+    px = float(rng.uniform(*in_plane))
+    sp = (float(rng.uniform(*slices)), px, px)
+    spec = make_spec(seed)
+    hu, labels, origin = render(spec, sp, pad_z=10.0)
+    perm = rng.permutation(3)
+    direction = np.zeros((3, 3))
+    for i, (p, sign) in enumerate(zip(perm, rng.choice([-1.0, 1.0], 3))):
+        direction[p, i] = sign
+    shifted = np.asarray(origin) + rng.uniform(-200, 200, 3)
+    ct = stored_as(np.round(hu).astype(np.int16), sp, shifted, direction)
+    truth = stored_as(labels, sp, shifted, direction)
+    return ct, truth, spec

@@ -15,7 +15,6 @@ It is NOT a lymph-node model: on real CT it also marks other compact soft tissue
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .neck import make_spec, render
-from .unet import EDGE, UNet, UNetConfig
+from .unet import EDGE, UNet
 
 SPACING = (2.0, 1.0, 1.0)
 WINDOW = (-200.0, 400.0)
@@ -134,7 +134,7 @@ def train(args):
         loss.backward()
         opt.step()
         sched.step()
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         if (it + 1) % args.refresh_every == 0:
             pool.refresh(max(1, args.pool // 4))
         if (it + 1) % args.log_every == 0:

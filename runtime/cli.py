@@ -107,15 +107,6 @@ def _save_options(kw: dict) -> dict:
                                    kw.pop("device_serial"), kw.pop("institution"))}
 
 
-def _planned_extras(save: dict, is_dicom: bool) -> tuple:
-    seg = is_dicom if save["dicom_seg"] is None else save["dicom_seg"]
-    out = (("viewer_nrrd", "viewer_labels") if save["viewer"] else ()) + \
-          (("qc_html", "qc_dir") if save["qc"] else ())
-    if seg or save["dicom_sr"]:
-        out += ("dicom_seg",)
-    return out + (("dicom_sr",) if save["dicom_sr"] else ())
-
-
 @cli.command()
 @click.argument("scan", type=click.Path(exists=False))
 @click.option("--model", type=click.Path(), default=None, help="Model package folder (default: embedded).")
@@ -136,11 +127,11 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
     from pathlib import Path
 
     from .imageio import stem_of
-    from .outputs import check_writable
+    from .outputs import check_writable, planned_extras
     from .session import Session
 
     save = _save_options(kw)
-    extras = _planned_extras(save, Path(scan).is_dir())
+    extras = planned_extras(Path(scan).is_dir(), **{k: save[k] for k in ("viewer", "qc", "dicom_seg", "dicom_sr")})
     if "dicom_seg" in extras and not Path(scan).is_dir():
         raise LnrtError(f"{scan}: DICOM SEG and SR need a DICOM series as input; expected a DICOM folder "
                         "(or drop --dicom-seg/--dicom-sr)")
@@ -165,7 +156,7 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
 def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, as_json, **kw):
     """Measure the nodes of an existing segmentation LABELS (instance ids or a binary mask)."""
     from .imageio import stem_of
-    from .outputs import check_writable
+    from .outputs import check_writable, planned_extras
     from .session import measure as run_measure
 
     save = _save_options(kw)
@@ -175,7 +166,7 @@ def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, 
     if save["qc"] and image is None:
         raise LnrtError("--qc needs the CT: give it with --image")
     check_writable(out, stem_of(labels), overwrite, inputs=tuple(p for p in (labels, image) if p),
-                   extras=_planned_extras(save, False))
+                   extras=planned_extras(False, **{k: save[k] for k in ("viewer", "qc", "dicom_seg", "dicom_sr")}))
     result = run_measure(labels, image=image, connectivity=int(connectivity),
                          min_volume_mm3=min_volume_mm3)
     _finish(result, out, overwrite, as_json, quiet, save)

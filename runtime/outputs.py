@@ -28,6 +28,17 @@ CSV_COLUMNS = [
 ]
 
 
+def planned_extras(is_dicom: bool, viewer: bool = True, qc: bool = False, dicom_seg: bool | None = None,
+                   dicom_sr: bool = False) -> tuple:
+    """The optional outputs (EXTRA_SUFFIXES keys) a save writes; a DICOM SEG is automatic for DICOM
+    input, and an SR always comes with the SEG it references."""
+    seg = is_dicom if dicom_seg is None else dicom_seg
+    out = (("viewer_nrrd", "viewer_labels") if viewer else ()) + (("qc_html", "qc_dir") if qc else ())
+    if seg or dicom_sr:
+        out += ("dicom_seg",)
+    return out + (("dicom_sr",) if dicom_sr else ())
+
+
 def output_paths(out_dir: str | os.PathLike, stem: str) -> dict:
     d = Path(out_dir)
     return {k: d / f"{stem}{s}" for k, s in SUFFIXES.items()}

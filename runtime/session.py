@@ -28,7 +28,7 @@ from .backends import create_backend
 from .errors import LnrtError
 from .imageio import ScanInfo, read_labels, read_scan, to_sitk
 from .nodes import label_components, node_table
-from .outputs import SCHEMA, check_writable, write_outputs, write_text
+from .outputs import SCHEMA, check_writable, planned_extras, write_outputs, write_text
 from .package import ModelPackage
 from .preprocess import BodyCropConfig, Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample
 from .sliding_window import SlidingWindowConfig, sliding_window
@@ -76,21 +76,6 @@ class Result:
                 "settings": self.settings, "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
                 "warnings": self.warnings, "nodes": self.nodes}
 
-    def extras(self, viewer: bool = True, qc: bool = False, dicom_seg: bool | None = None,
-               dicom_sr: bool = False) -> tuple:
-        """The optional outputs a save with these options writes (DICOM SEG by default for DICOM input)."""
-        seg = (self.info.kind == "dicom") if dicom_seg is None else dicom_seg
-        out = []
-        if viewer:
-            out += ["viewer_nrrd", "viewer_labels"]
-        if qc:
-            out += ["qc_html", "qc_dir"]
-        if seg or dicom_sr:
-            out.append("dicom_seg")
-        if dicom_sr:
-            out.append("dicom_sr")
-        return tuple(out)
-
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False, viewer: bool = True,
              qc: bool = False, dicom_seg: bool | None = None, dicom_sr: bool = False,
              seg_segments: str = "node", equipment=None) -> dict:
@@ -100,7 +85,7 @@ class Result:
         leaves no file behind. A DICOM SEG that is only automatic (DICOM input, no `dicom_seg=True`)
         is skipped with a warning when the series cannot be referenced (no UIDs)."""
         t0 = time.perf_counter()
-        extras = self.extras(viewer, qc, dicom_seg, dicom_sr)
+        extras = planned_extras(self.info.kind == "dicom", viewer, qc, dicom_seg, dicom_sr)
         datasets = {}
         if "dicom_seg" in extras:
             from .dicom_out import Equipment, build_dicom

@@ -1,14 +1,12 @@
 """Readers and input validation: bad input gives one line, exit 2 and no outputs; real CT runs."""
 import gzip
 import json
-import shutil
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import geometry_of
 
-import lnrt
 from lnrt.errors import LnrtError
 from lnrt.imageio import read_scan, stem_of
 

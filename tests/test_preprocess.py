@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import lnrt
 from lnrt.errors import LnrtError
 from lnrt.preprocess import BodyCropConfig, Grid, body_mask, bounding_box, model_grid, normalize, resample
 from lnrt.volume import Volume
