@@ -17,7 +17,7 @@ SEED, SPACING_ZYX = 30000, (3.0, 0.9, 0.9)
 
 def main(out: Path) -> None:
     spec = make_spec(SEED)
-    hu, labels, origin = render(spec, SPACING_ZYX, fov_xy=(180.0, 150.0), pad_z=6.0)
+    hu, labels, origin = render(spec, SPACING_ZYX, fov_xy=(180.0, 150.0))
     for arr, name in ((np.round(hu).astype(np.int16), "sample_neck_phantom.nii.gz"),
                       (labels, "sample_neck_phantom.truth.nii.gz")):
         img = sitk.GetImageFromArray(arr)

@@ -344,7 +344,7 @@ def random_scan(seed: int, in_plane=(0.4, 1.0), slices=(0.6, 3.0)):
     px = float(rng.uniform(*in_plane))
     sp = (float(rng.uniform(*slices)), px, px)
     spec = make_spec(seed)
-    hu, labels, origin = render(spec, sp, pad_z=10.0)
+    hu, labels, origin = render(spec, sp)  # the body spans every slice, as in a patient scan
     perm = rng.permutation(3)
     direction = np.zeros((3, 3))
     for i, (p, sign) in enumerate(zip(perm, rng.choice([-1.0, 1.0], 3))):

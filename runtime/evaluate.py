@@ -55,9 +55,12 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def _distances(src: np.ndarray, dst: np.ndarray, spacing_xyz) -> np.ndarray:
     img = sitk.GetImageFromArray(dst.astype(np.uint8))
     img.SetSpacing(tuple(float(s) for s in spacing_xyz))
-    dmap = sitk.GetArrayViewFromImage(sitk.SignedMaurerDistanceMap(
-        img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
-    return np.abs(dmap[_surface(src)])
+    # keep the image alive while its array is used (a view of a temporary image would dangle)
+    dist = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    dmap = sitk.GetArrayViewFromImage(dist)
+    out = np.abs(dmap[_surface(src)])
+    del dmap
+    return out
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray, spacing_xyz) -> tuple:
