@@ -45,7 +45,10 @@ class PhantomPool:
     def _make(self):
         seed = self.seed0 + self.next
         self.next += 1
-        hu, labels, _ = render(make_spec(seed), SPACING)
+        # one phantom in three is blanked to air above and below a slab, as radiotherapy planning CTs
+        # often are: the body then ends in a flat cut face that the network must not call a node
+        pad = float(self.rng.uniform(6, 30)) if self.rng.random() < 1 / 3 else 0.0
+        hu, labels, _ = render(make_spec(seed), SPACING, pad_z=pad)
         nodes = np.argwhere(labels > 0)
         body = np.argwhere(hu[:, ::8, ::8] > -500) * np.array([1, 8, 8])
         return hu, labels, nodes, body

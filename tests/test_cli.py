@@ -24,7 +24,9 @@ def test_infer_writes_the_three_outputs(tmp_path, run_cli, capsys):
     assert geometry_of(labels) == geometry_of(SAMPLE)
     rep = json.loads(report.read_text())
     assert rep["schema"] == "lnrt.report/1"
-    assert rep["model"]["name"] == lnrt.ModelPackage.load().name and rep["model"]["backend"] == "onnxruntime"
+    pkg = lnrt.ModelPackage.load()
+    assert rep["model"]["name"] == pkg.name and rep["model"]["backend"] == "onnxruntime"
+    assert rep["model"]["version"] == pkg.version  # not the backend's version
     ids = sorted(n["id"] for n in rep["nodes"])
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))
     assert ids == list(range(1, arr.max() + 1)) == sorted(set(np.unique(arr)) - {0})

@@ -45,7 +45,7 @@ class OrtCpuBackend(Backend):
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device, "threads": self.threads,
-                "version": self.version}
+                "backend_version": self.version}
 
     def close(self) -> None:
         self.session = None
