@@ -42,7 +42,7 @@ def main() -> None:
                "recist": {c: sum(n["recist"] == c for n in res.nodes) for c in ("normal", "pathological", "enlarged")},
                "seconds": round(time.perf_counter() - t0, 2)}
         structures = Path(str(scan).replace("_ct_hu", "_structures"))
-        if structures.is_file() and res.nodes:
+        if "_ct_hu" in scan.name and structures.is_file() and res.nodes:
             s = sitk.GetArrayFromImage(sitk.ReadImage(str(structures)))
             in_ptv = sum(bool(np.isin(s[res.labels == n["id"]], (8, 9, 10)).any()) for n in res.nodes)
             row["nodes_touching_ptv"] = in_ptv
