@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lnrt.package import make_manifest
+
 from .neck import make_spec, render
 from .train import INFER_PATCH, SPACING, VAL_SEED0, WINDOW, normalize
 from .unet import UNet, UNetConfig, count_parameters
@@ -73,21 +75,8 @@ def manifest(model: UNet, check: dict, extra_provenance: dict | None = None) -> 
         "export": {"opset": OPSET, "torch": torch.__version__, **check},
     }
     prov.update(extra_provenance or {})
-    return {
-        "format": "lnrt.package/1",
-        "name": "lnrt-edge-unet-phantom",
-        "version": "1.0.0",
-        "input": {"name": "image", "spacing_zyx_mm": list(SPACING), "patch_size_zyx": list(INFER_PATCH),
-                  "channels": 1, "orientation": "LPS"},
-        "normalization": {"scheme": "window", "window_hu": list(WINDOW)},
-        "classes": ["background", "lymph_node"],
-        "output": {"name": "logits", "activation": "softmax"},
-        "sliding_window": {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [], "batch_size": 2},
-        "postprocessing": {"min_volume_mm3": 10.0, "connectivity": 26},
-        "body_crop": {"threshold_hu": -500.0, "margin_mm": 10.0},
-        "provenance": prov,
-        "files": {"model.onnx": {}},
-    }
+    return make_manifest("lnrt-edge-unet-phantom", "1.0.0", SPACING, INFER_PATCH,
+                         {"scheme": "window", "window_hu": list(WINDOW)}, prov, min_volume_mm3=10.0)
 
 
 def package_checkpoint(ckpt: Path, out: Path, weights_out: Path | None = None) -> Path:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lnrt.package import make_manifest
+
 PATCH = (48, 96, 96)  # z, y, x voxels at 2 x 1 x 1 mm: a 96 mm cube
 SPACING = (2.0, 1.0, 1.0)
 WINDOW = (-160.0, 240.0)
@@ -86,26 +88,13 @@ def build_onnx():
 
 
 def manifest() -> dict:
-    return {
-        "format": "lnrt.package/1",
-        "name": "lnrt-placeholder-blob-detector",
-        "version": "0.1.0",
-        "input": {"name": "image", "spacing_zyx_mm": list(SPACING), "patch_size_zyx": list(PATCH),
-                  "channels": 1, "orientation": "LPS"},
-        "normalization": {"scheme": "window", "window_hu": list(WINDOW)},
-        "classes": ["background", "lymph_node"],
-        "output": {"name": "logits", "activation": "softmax"},
-        "sliding_window": {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [], "batch_size": 2},
-        "postprocessing": {"min_volume_mm3": 20.0, "connectivity": 26},
-        "body_crop": {"threshold_hu": -500.0, "margin_mm": 10.0},
-        "provenance": {
-            "trained_on": "nothing: fixed hand-set convolution weights (a difference-of-boxes blob detector)",
-            "intended_use": "placeholder for demonstration and testing of the runtime; not a lymph-node "
-                            "model and not for clinical use",
-            "built_by": "python -m lnrt.models.placeholder",
-        },
-        "files": {"model.onnx": {}},
-    }
+    return make_manifest(
+        "lnrt-placeholder-blob-detector", "0.1.0", SPACING, PATCH, {"scheme": "window", "window_hu": list(WINDOW)},
+        {"trained_on": "nothing: fixed hand-set convolution weights (a difference-of-boxes blob detector)",
+         "intended_use": "placeholder for demonstration and testing of the runtime; not a lymph-node "
+                         "model and not for clinical use",
+         "built_by": "python -m lnrt.models.placeholder"},
+        min_volume_mm3=20.0)
 
 
 def build_package(out_dir: str | Path) -> Path:

@@ -141,6 +141,26 @@ class ModelPackage:
                 "provenance": self.manifest.get("provenance", {})}
 
 
+def make_manifest(name: str, version: str, spacing_zyx, patch_zyx, normalization: dict, provenance: dict,
+                  classes=("background", "lymph_node"), min_volume_mm3: float = 10.0,
+                  sliding_window: dict | None = None) -> dict:
+    """A manifest with lnrt's defaults for everything a model does not set (file hashes filled later)."""
+    return {
+        "format": FORMAT, "name": name, "version": version,
+        "input": {"name": "image", "spacing_zyx_mm": [float(s) for s in spacing_zyx],
+                  "patch_size_zyx": [int(p) for p in patch_zyx], "channels": 1, "orientation": "LPS"},
+        "normalization": normalization,
+        "classes": list(classes),
+        "output": {"name": "logits", "activation": "softmax"},
+        "sliding_window": sliding_window or {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [],
+                                             "batch_size": 2},
+        "postprocessing": {"min_volume_mm3": float(min_volume_mm3), "connectivity": 26},
+        "body_crop": {"threshold_hu": -500.0, "margin_mm": 10.0},
+        "provenance": provenance,
+        "files": {"model.onnx": {}},
+    }
+
+
 def write_manifest(root: Path, manifest: dict) -> None:
     """Fill in the sha256 of every listed file and write `lnrt.json` (used by exporters)."""
     for name in manifest["files"]:
