@@ -60,13 +60,6 @@ def ellipsoid_box(shape, spacing, node: NodeSpec) -> tuple:
     return tuple(sl), (u / a) ** 2 + (v / b) ** 2 + dz <= 1.0
 
 
-def ellipsoid_mask(shape, spacing, node: NodeSpec) -> np.ndarray:
-    out = np.zeros(shape, bool)
-    sl, m = ellipsoid_box(shape, spacing, node)
-    out[sl] = m
-    return out
-
-
 def ellipsoid_phantom(shape=(64, 160, 160), spacing=(2.5, 1.0, 1.0), seed=0, n_nodes=5,
                  noise_hu=12.0):
     """(hu int16 (z, y, x), instance labels uint16, [NodeSpec]) for one phantom."""

@@ -35,6 +35,9 @@ def load_checkpoint(path: Path) -> UNet:
 
 
 def export_onnx(model: UNet, patch=INFER_PATCH) -> bytes:
+    bad = [p for p, d in zip(patch, model.cfg.divisor) if p % d]
+    if bad:
+        raise ValueError(f"patch {tuple(patch)} must be a multiple of {model.cfg.divisor} (the strides' product)")
     buf = io.BytesIO()
     dummy = torch.zeros(1, model.cfg.in_channels, *patch)
     torch.onnx.export(model, dummy, buf, opset_version=OPSET, input_names=["image"], output_names=["logits"],

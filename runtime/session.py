@@ -96,8 +96,10 @@ class Result:
             except LnrtError as exc:
                 if dicom_seg is not None or dicom_sr:
                     raise
-                self.warnings.append(f"no DICOM SEG written: {exc}")
-                log.warning("no DICOM SEG written: %s", exc)
+                msg = f"no DICOM SEG written: {exc}"
+                if msg not in self.warnings:  # a second save must not repeat it
+                    self.warnings.append(msg)
+                    log.warning("%s", msg)
                 extras = tuple(e for e in extras if not e.startswith("dicom"))
         check_writable(out_dir, self.info.stem, overwrite, inputs=(self.info.path,), extras=extras)
         report = self.report()

@@ -104,10 +104,6 @@ class Orientation:
             flip[2 - patient_axis] = bool(d[patient_axis, index_axis] < 0)
         return cls(tuple(perm), tuple(flip), angle)
 
-    @property
-    def is_identity(self) -> bool:
-        return self.perm == (0, 1, 2) and not any(self.flip)
-
     def to_canonical(self, array: np.ndarray) -> np.ndarray:
         """A view of `array` (input order) in canonical order (no copy)."""
         out = np.transpose(array, self.perm)

@@ -158,6 +158,8 @@ def test_anonymised_series_without_uids_skips_the_automatic_seg(shared_data, ses
     paths = res.save(tmp_path / "auto")  # SEG only automatic: skipped, said in the report
     assert "dicom_seg" not in paths and any("no DICOM SEG" in w for w in res.warnings)
     assert any("no DICOM SEG" in w for w in json.loads(paths["report"].read_text())["warnings"])
+    res.save(tmp_path / "again")  # saving again does not repeat the warning
+    assert sum("no DICOM SEG" in w for w in res.warnings) == 1
     with pytest.raises(lnrt.LnrtError, match="anonymised without UIDs"):
         res.save(tmp_path / "explicit", dicom_seg=True)
     assert not (tmp_path / "explicit").exists()  # refused before anything was written

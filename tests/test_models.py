@@ -142,3 +142,12 @@ def test_training_runs_resumes_and_packages(tmp_path):
     assert [r["iteration"] for r in log] == [2, 4, 6]
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 6
+
+
+def test_export_refuses_a_patch_the_strides_do_not_divide():
+    pytest.importorskip("onnx")
+    from lnrt.models.package_model import export_onnx
+    from lnrt.models.unet import EDGE, UNet
+
+    with pytest.raises(ValueError, match="multiple of"):
+        export_onnx(UNet(EDGE).eval(), patch=(18, 32, 32))  # z must be a multiple of 4
