@@ -202,6 +202,163 @@ def sample():
     click.echo(str(sample_path()))
 
 
+def _export_module(name: str):
+    """lnrt.export.<name>, or a one-line error naming the extra when torch/onnx are missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"lnrt.export.{name}")
+    except ImportError as exc:
+        from .errors import missing_extra
+        raise missing_extra(exc.name or "onnx", "export") from None
+
+
+def _variants(value: str) -> tuple:
+    return tuple(v for v in value.split(",") if v) if value else ()
+
+
+export_options = [
+    click.option("--variants", default="fp16,int8", show_default=True,
+                 help="Precision variants to build and gate (comma list of fp16, int8; '' for none)."),
+    click.option("--calib", type=click.Path(exists=True), default=None,
+                 help="Folder of CT scans for INT8 calibration (default: generated neck phantoms)."),
+    click.option("--keep", multiple=True, help="Node name to keep in FP32 in the variants (repeatable)."),
+    click.option("--force", is_flag=True, help="Write variants that fail their parity gate."),
+    click.option("--threads", type=int, default=None, help="CPU threads for the gates."),
+]
+
+
+def with_export(f):
+    for opt in reversed(export_options):
+        f = opt(f)
+    return f
+
+
+def _report_variants(root) -> None:
+    from pathlib import Path
+
+    for report in sorted(Path(root).glob("parity.*.json")):
+        r = json.loads(report.read_text())
+        state = "passed" if r["passed"] else "FAILED (" + "; ".join(r["failures"]) + ")"
+        written = "written" if r.get("written", r["passed"]) else "not written"
+        click.echo(f"{r['variant']}: gate {state}; Dice {r['dice']:.4f}, max short-axis difference "
+                   f"{r['short_axis_max_diff_mm']:.2f} mm; {written}")
+        if r.get("advice") and not r["passed"]:
+            click.echo(f"  advice: {r['advice']}")
+
+
+@cli.group()
+def export():
+    """Make lnrt model packages: from PyTorch, from nnU-Net v2, and precision variants."""
+
+
+@export.command("torch")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--class", "class_path", default="lnrt.models.unet:UNet", show_default=True,
+              help="Importable module class, package.module:Class.")
+@click.option("--kwargs", "kwargs_json", default="{}", help="JSON keyword arguments for the class.")
+@click.option("--weights", type=click.Path(exists=True), required=True,
+              help="State dict (.pt, loaded with weights_only=True) or .safetensors.")
+@click.option("--spacing", nargs=3, type=float, required=True, help="Model spacing z y x in mm.")
+@click.option("--patch", nargs=3, type=int, required=True, help="Patch size z y x in voxels.")
+@click.option("--window", nargs=2, type=float, default=None, help="Normalization: HU window lo hi -> [0, 1].")
+@click.option("--zscore", nargs=4, type=float, default=None,
+              help="Normalization: clip lo hi, then (x - mean) / std: LO HI MEAN STD.")
+@click.option("--classes", default="background,lymph_node", show_default=True, help="Class names, comma list.")
+@click.option("--name", required=True, help="Package name.")
+@click.option("--version", "pkg_version", default="1.0.0", show_default=True)
+@click.option("--trained-on", required=True, help="Provenance: what data trained the model.")
+@click.option("--intended-use", default="research; not validated for clinical use", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@with_export
+def export_torch(out, class_path, kwargs_json, weights, spacing, patch, window, zscore, classes, name,
+                 pkg_version, trained_on, intended_use, overwrite, variants, calib, keep, force, threads):
+    """Export a PyTorch module with its weights to an lnrt package OUT."""
+    te, builder = _export_module("torch_export"), _export_module("builder")
+    if (window is None) == (zscore is None):
+        raise LnrtError("give exactly one normalization: --window LO HI or --zscore LO HI MEAN STD")
+    try:
+        kwargs = json.loads(kwargs_json)
+    except json.JSONDecodeError as exc:
+        raise LnrtError(f"--kwargs: not valid JSON ({exc})") from None
+    norm = ({"scheme": "window", "window_hu": list(window)} if window else
+            {"scheme": "ct_zscore", "clip_hu": list(zscore[:2]), "mean": zscore[2], "std": zscore[3]})
+    module = te.load_module(class_path, kwargs, weights)
+    prov = {"trained_on": trained_on, "intended_use": intended_use,
+            "network": {"class": class_path, "kwargs": kwargs, "weights": str(weights)}}
+    path = builder.build_package(module, out, name=name, version=pkg_version, spacing_zyx=spacing,
+                                 patch_zyx=patch, normalization=norm, classes=classes.split(","),
+                                 provenance=prov, variants=_variants(variants), calib=calib, keep=keep,
+                                 force=force, overwrite=overwrite, threads=threads)
+    _report_variants(path)
+    click.echo(f"wrote {path}")
+
+
+@export.command("nnunet")
+@click.argument("folder", type=click.Path())
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--configuration", default=None, help="nnU-Net configuration (default: the checkpoint's).")
+@click.option("--folds", default=None, help="Comma list of folds (default: every fold with a checkpoint).")
+@click.option("--checkpoint", default="checkpoint_final.pth", show_default=True)
+@click.option("--name", default=None, help="Package name (default: from the dataset).")
+@click.option("--overwrite", is_flag=True)
+@with_export
+def export_nnunet(folder, out, configuration, folds, checkpoint, name, overwrite, variants, calib, keep,
+                  force, threads):
+    """Import an nnU-Net v2 results FOLDER as an lnrt package OUT (folds averaged)."""
+    nn = _export_module("nnunet")
+    path = nn.import_nnunet(folder, out, configuration=configuration,
+                            folds=folds.split(",") if folds else None, checkpoint=checkpoint, name=name,
+                            variants=_variants(variants), calib=calib, keep=keep, force=force,
+                            overwrite=overwrite, threads=threads)
+    _report_variants(path)
+    click.echo(f"wrote {path}")
+
+
+@export.command("variants")
+@click.argument("package", type=click.Path(exists=True, file_okay=False))
+@click.option("--calibration", type=click.Choice(["percentile", "minmax"]), default="percentile",
+              show_default=True, help="INT8 activation range calibration.")
+@with_export
+def export_variants(package, calibration, variants, calib, keep, force, threads):
+    """Add gated FP16/INT8 variants to an existing PACKAGE (e.g. the default model)."""
+    va = _export_module("variants")
+    va.add_variants(package, _variants(variants), calib=calib, keep=keep, force=force, threads=threads,
+                    calibration=calibration)
+    _report_variants(package)
+
+
+@cli.command("build-engine")
+@click.argument("package", type=click.Path(), required=False)
+@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
+@click.option("--max-batch", type=int, default=4, show_default=True)
+@click.option("--opt-batch", type=int, default=None, help="Batch TensorRT tunes for (default: the package's).")
+@click.option("--workspace-gb", type=float, default=4.0, show_default=True)
+@click.option("--rebuild", is_flag=True, help="Build even when the cache has a matching engine.")
+def build_engine(package, variant, max_batch, opt_batch, workspace_gb, rebuild):
+    """Build a TensorRT engine for PACKAGE (default: embedded model) into the engine cache."""
+    from lnrt.export.tensorrt import build_engine as build
+
+    path, info = build(package, variant, max_batch, opt_batch, workspace_gb, rebuild=rebuild)
+    click.echo(f"{'cached' if info['cached'] else 'built'}: {path}")
+
+
+@cli.command()
+@click.argument("package", type=click.Path())
+@click.argument("scan", type=click.Path())
+@click.option("--variant", "variants", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Variants to compare (default: all in the package).")
+@click.option("--backend", "backends", multiple=True, help="Backends to compare (default: all available).")
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
+def compare(package, scan, variants, backends, threads, as_json):
+    """Run PACKAGE's variants and backends on SCAN and print the parity table against FP32."""
+    from .compare import compare as run_compare, format_compare
+
+    result = run_compare(package, scan, variants or None, backends or None, threads)
+    click.echo(json.dumps(result, indent=2) if as_json else format_compare(result))
+
+
 def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="lnrt", standalone_mode=False)

@@ -41,11 +41,12 @@ def model_grid(native: Grid, target_spacing: tuple) -> Grid:
 
 def resample(array: np.ndarray, src: Grid, dst: Grid, linear: bool = True,
              default: float = 0.0) -> np.ndarray:
-    """Resample a (z, y, x) array from grid `src` onto grid `dst` (float32 out)."""
+    """Resample a (z, y, x) array from grid `src` onto grid `dst` (a new float32 array, never a view:
+    callers normalize it in place, and the input must stay untouched)."""
     if array.shape != tuple(src.shape):
         raise ValueError(f"array {array.shape} does not match grid {src.shape}")
     if src == dst:
-        return np.asarray(array, dtype=np.float32)
+        return np.array(array, dtype=np.float32)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
     image.SetSpacing(src.spacing[::-1])
     image.SetOrigin(src.origin[::-1])
@@ -82,10 +83,15 @@ class BodyCropConfig:
     threshold_hu: float = -500.0
     margin_mm: float = 10.0
     min_part: float = 0.05  # body parts kept: components at least this share of the largest
+    # False: the whole scan is "body" (every tile runs). Models with instance normalization need this
+    # to reproduce their reference tiling exactly, since a tile's output depends on its statistics.
+    enabled: bool = True
 
 
 def body_mask(hu: np.ndarray, cfg: BodyCropConfig) -> np.ndarray:
     """Voxels of the body: above the threshold and in a large connected part (drops noise, specks)."""
+    if not cfg.enabled:
+        return np.ones(hu.shape, dtype=bool)
     mask = hu > cfg.threshold_hu
     if not mask.any():
         return mask

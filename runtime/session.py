@@ -174,6 +174,15 @@ def _activate(logits: np.ndarray, activation: str) -> np.ndarray:
     return logits
 
 
+@dataclass
+class Prepared:
+    native: Grid  # the scan's grid in canonical order
+    grid: Grid  # the model grid over the same extent
+    box: tuple | None  # the body's box on the model grid (None: no body)
+    image: np.ndarray | None  # normalized network input inside the box (z, y, x) float32
+    body: np.ndarray | None  # body mask inside the box
+
+
 class Session:
     """Load a model package once; run scans through it."""
 
@@ -212,6 +221,22 @@ class Session:
         k = len(self.package.classes)
         return (22.0 * native + (12.0 + 8.0 * k) * native * ratio) / 1e9 + 0.3
 
+    def prepare(self, vol: Volume, orient: Orientation | None = None) -> "Prepared":
+        """The network's input for a scan: the canonical scan resampled to the model grid, cropped to
+        the body's box and normalized (what the sliding window sees), with the body mask."""
+        orient = orient or Orientation.of(vol.direction, "<scan>")
+        ct_c = orient.to_canonical(vol.array)
+        native = Grid(ct_c.shape, tuple(vol.spacing_zyx[list(orient.perm)]))
+        mgrid = model_grid(native, self.package.spacing_zyx)
+        hu = resample(ct_c, native, mgrid, linear=True, default=-1024.0)
+        body = body_mask(hu, self.body)
+        margin = [math.ceil(self.body.margin_mm / s) for s in mgrid.spacing]
+        box = bounding_box(body, margin)
+        if box is None:
+            return Prepared(native, mgrid, None, None, None)
+        x = normalize(hu[box_slices(box)], self.package.section("normalization"))
+        return Prepared(native, mgrid, box, x, body[box_slices(box)])
+
     def run(self, scan: str | os.PathLike | Volume, series_uid: str | None = None,
             progress: Progress | None = None, check_hu: bool = True) -> Result:
         timer = Timer()
@@ -231,26 +256,15 @@ class Session:
             )
         orient = _orientation(vol, source, warnings)
         pkg = self.package
-
         with timer.stage("preprocess"):
-            ct_c = orient.to_canonical(vol.array)
-            native = Grid(ct_c.shape, tuple(vol.spacing_zyx[list(orient.perm)]))
-            mgrid = model_grid(native, pkg.spacing_zyx)
-            hu = resample(ct_c, native, mgrid, linear=True, default=-1024.0)
-            body = body_mask(hu, self.body)
-            margin = [math.ceil(self.body.margin_mm / s) for s in mgrid.spacing]
-            box = bounding_box(body, margin)
+            prep = self.prepare(vol, orient)
+        native, mgrid, box, x, body_crop = prep.native, prep.grid, prep.box, prep.image, prep.body
         n_classes = len(pkg.classes)
-        fg_prob_c = np.zeros(ct_c.shape, dtype=np.float32)
-        class_c = np.zeros(ct_c.shape, dtype=np.uint8)
+        fg_prob_c = np.zeros(native.shape, dtype=np.float32)
+        class_c = np.zeros(native.shape, dtype=np.uint8)
         if box is None:
             warnings.append(f"{source}: no body found above {self.body.threshold_hu:g} HU; no nodes")
         else:
-            with timer.stage("preprocess"):
-                x = normalize(hu[box_slices(box)], pkg.section("normalization"))
-                body_crop = body[box_slices(box)]
-                del hu, body
-
             def tiles_done(done, total):
                 if progress:
                     progress("network", done, total)

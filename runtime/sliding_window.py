@@ -55,10 +55,11 @@ def tiles(shape: tuple, cfg: SlidingWindowConfig) -> list:
 
 
 def gaussian_importance(patch: tuple, sigma_scale: float) -> np.ndarray:
-    """Separable Gaussian centred on the patch, peak 1, no zeros (so every voxel gets weight)."""
+    """Separable Gaussian peaking at voxel p // 2 of each axis (nnU-Net's centre, so imported models
+    reproduce its accumulation), peak 1, no zeros (so every voxel gets weight)."""
     g = np.ones(patch, dtype=np.float64)
     for axis, p in enumerate(patch):
-        x = np.arange(p) - (p - 1) / 2.0
+        x = np.arange(p) - float(p // 2)
         sigma = max(p * sigma_scale, 1e-6)
         shape = [1, 1, 1]
         shape[axis] = p

@@ -51,3 +51,20 @@ def test_oblique_scan_runs_with_a_warning_and_keeps_its_geometry(session):
     np.testing.assert_allclose(img.GetDirection(), rot.ravel())
     assert img.GetSize() == (48, 48, 10)
     assert res.report()["settings"]["orientation"]["obliquity_deg"] == pytest.approx(8.0, abs=1e-3)
+
+
+def test_a_float32_scan_on_the_model_grid_is_not_modified(placeholder_package):
+    """Regression: resampling onto an identical grid returned the input itself, which normalization
+    then changed in place (found by the nnU-Net parity test)."""
+    import lnrt
+    from lnrt.package import ModelPackage
+    from lnrt.volume import Volume
+
+    pkg = ModelPackage.load(placeholder_package)
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 300, size=(40, 64, 64)).astype(np.float32)
+    arr[:, 20:40, 20:40] = 50.0
+    vol = Volume(arr, spacing=tuple(pkg.spacing_zyx[::-1]), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    before = arr.copy()
+    lnrt.Session(pkg).run(vol)
+    assert np.array_equal(arr, before)

@@ -27,6 +27,17 @@ def _cuda_available() -> tuple[bool, str]:
     return False, "the GPU backends are not built into this lnrt yet"
 
 
+def available() -> list:
+    """Backends usable on this machine (each importable), in automatic-selection order."""
+    out = []
+    try:
+        import onnxruntime  # noqa: F401
+        out.append("onnxruntime")
+    except ImportError:
+        pass
+    return out
+
+
 def create_backend(onnx_path: Path, backend: str = "auto", device: str = "auto",
                    threads: int | None = None) -> Backend:
     if backend not in BACKENDS:

@@ -1,0 +1,99 @@
+"""Build an lnrt model package from a PyTorch module: ONNX export, parity with PyTorch, gated variants.
+
+Everything is written into a staging folder beside `out` and renamed into place at the end, so a failed
+export leaves nothing behind. Steps:
+1. export the module (`lnrt.export.torch_export`), axis transpose baked into the graph when the model was
+   trained on another axis order (nnU-Net's `transpose_forward`), so the ONNX always takes and returns
+   lnrt's (z, y, x) patches;
+2. write the FP32 package and check its ONNX against PyTorch on phantom tiles preprocessed exactly as
+   `lnrt infer` does (max abs logit difference, argmax Dice >= 0.999, else refused);
+3. add the requested precision variants through their parity gates (`lnrt.export.variants`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from lnrt.errors import LnrtError
+from lnrt.package import ModelPackage, make_manifest, write_manifest
+
+from .torch_export import _torch, export_module, torch_parity
+
+ARGMAX_DICE_MIN = 0.999
+
+
+def transposed(module, forward):
+    """Wrap `module` so it takes (z, y, x) patches though it was trained on axes permuted by `forward`."""
+    torch = _torch()
+    forward = [int(a) for a in forward]
+    if forward == [0, 1, 2]:
+        return module
+    back = [forward.index(a) for a in range(3)]
+
+    class Transposed(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            y = self.inner(x.permute(0, 1, *[2 + a for a in forward]))
+            if isinstance(y, (list, tuple)):
+                y = y[0]
+            return y.permute(0, 1, *[2 + a for a in back])
+
+    return Transposed(module).eval()
+
+
+def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, normalization: dict,
+                  classes, provenance: dict, transpose=(0, 1, 2), mirror_axes=(), variants=(),
+                  calib=None, keep=(), force: bool = False, overwrite: bool = False,
+                  min_volume_mm3: float = 10.0, probe_volumes: int = 1, threads: int | None = None,
+                  body_crop: bool = True) -> Path:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LnrtError(f"{out}: already exists; expected a new folder (or --overwrite)")
+    stage = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        net = transposed(module, transpose)
+        model, check = export_module(net, patch_zyx)
+        (stage / "model.onnx").write_bytes(model.SerializeToString())
+        sw = {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [], "batch_size": 2,
+              "allowed_mirror_axes": [int(a) for a in mirror_axes]}
+        prov = dict(provenance)
+        prov["export"] = check
+        manifest = make_manifest(name, version, spacing_zyx, patch_zyx, normalization, prov,
+                                 classes=classes, min_volume_mm3=min_volume_mm3, sliding_window=sw)
+        if not body_crop:
+            manifest["body_crop"] = {"enabled": False}
+        write_manifest(stage, manifest)
+        pkg = ModelPackage.load(stage)
+        parity = _parity_on_phantoms(pkg, net, probe_volumes, threads)
+        check.update(parity)
+        if parity["argmax_dice"] < ARGMAX_DICE_MIN and not force:
+            raise LnrtError(f"ONNX export does not reproduce PyTorch: argmax Dice {parity['argmax_dice']:.4f} "
+                            f"< {ARGMAX_DICE_MIN}, max logit difference {parity['max_abs_logit_diff']:.3g}")
+        manifest["provenance"]["export"] = check
+        write_manifest(stage, manifest)
+        if variants:
+            from .variants import add_variants
+            add_variants(stage, variants, calib=calib, keep=keep, force=force, threads=threads)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _parity_on_phantoms(pkg: ModelPackage, net, n: int, threads) -> dict:
+    from lnrt.session import Session
+
+    from .gate import calibration_tiles, gate_volumes
+
+    with Session(pkg, backend="onnxruntime", device="cpu", threads=threads) as s:
+        tiles = calibration_tiles(s, gate_volumes(n), per_volume=2, seed=5)
+        import onnx
+        return torch_parity(net, onnx.load(str(pkg.onnx_path("fp32"))), tiles)

@@ -1,0 +1,188 @@
+"""Parity gates: a precision variant is written only if it reproduces the FP32 model.
+
+A gate runs the FP32 model and the candidate through the same `lnrt.Session` pipeline on validation
+volumes the calibration never saw and compares what a user receives: the node masks (pooled Dice over
+all volumes), the node count, and the short axis of every FP32 node matched to the candidate node that
+overlaps it most. It also compares raw logits on network tiles (max absolute difference, argmax
+agreement). Thresholds (issue #4): Dice >= 0.99 for FP16 and bf16, >= 0.97 for INT8; matched short axes
+within 0.5 mm.
+
+When a gate fails, `layer_errors` says where precision is lost: both models run one tile with every
+convolution's output exposed, and the nodes whose relative error grows most from their inputs to their
+output are suggested for keeping at higher precision (`--keep NODE`). This module needs onnx and
+onnxruntime, never torch.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lnrt.compare import compare_results, match_nodes, tile_parity  # noqa: F401 (re-exported)
+from lnrt.package import VARIANT_FILES, ModelPackage, write_manifest
+
+DICE_MIN = {"fp16": 0.99, "bf16": 0.99, "int8": 0.97}
+SHORT_AXIS_TOL_MM = 0.5
+GATE_SEED0 = 41000  # validation phantoms for gates (calibration uses 40000+, training 1000+)
+CALIB_SEED0 = 40000
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    dice_min: float
+    short_axis_tol_mm: float = SHORT_AXIS_TOL_MM
+
+    @classmethod
+    def for_variant(cls, variant: str) -> "GateConfig":
+        return cls(dice_min=DICE_MIN.get(variant, 0.99))
+
+
+def gate_volumes(n: int = 3, seed0: int = GATE_SEED0) -> list:
+    """Validation volumes: neck phantoms from seeds no training or calibration uses."""
+    from lnrt.models.neck import random_scan
+
+    return [(f"phantom_{seed0 + i}", random_scan(seed0 + i)[0]) for i in range(n)]
+
+
+def calibration_tiles(session, volumes: list, per_volume: int = 6, seed: int = 0) -> list:
+    """Network input tiles (1, C, z, y, x) from volumes, preprocessed exactly as inference does.
+
+    Half the tiles are centred on the brightest soft tissue in the body (where nodes and vessels lie,
+    so activations reach their real range), half at random positions inside the body box."""
+    rng = np.random.default_rng(seed)
+    patch = np.array(session.package.patch_zyx)
+    tiles = []
+    for _, vol in volumes:
+        prep = session.prepare(vol)
+        if prep.image is None:
+            continue
+        x = prep.image
+        pad = [(0, max(0, p - s)) for p, s in zip(patch, x.shape)]
+        x = np.pad(x, pad, mode="edge") if any(p[1] for p in pad) else x
+        for k in range(per_volume):
+            hi = np.array(x.shape) - patch
+            start = [int(rng.integers(0, h + 1)) for h in hi]
+            tile = x[tuple(slice(a, a + p) for a, p in zip(start, patch))]
+            tiles.append(np.ascontiguousarray(tile[None, None], dtype=np.float32))
+    return tiles
+
+
+def layer_errors(ref_onnx, got_onnx, tile: np.ndarray, top: int = 5) -> list:
+    """Convolution outputs whose relative error grows most between the two models, worst first."""
+    import onnx
+    import onnxruntime as ort
+
+    def expose(model):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        names = [(n.name, n.output[0], list(n.input)) for n in m.graph.node
+                 if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+        existing = {o.name for o in m.graph.output}
+        for _, out, _ in names:
+            if out not in existing:
+                m.graph.output.append(onnx.ValueInfoProto(name=out))
+        return m, names
+
+    ref_m, ref_nodes = expose(ref_onnx)
+    got_m, _ = expose(got_onnx)
+    feed = {ref_m.graph.input[0].name: tile.astype(np.float32)}
+
+    def outputs(m):
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(None, feed)))
+
+    ra, ga = outputs(ref_m), outputs(got_m)
+    rel = {}
+    for _, out, _ in ref_nodes:
+        if out in ga:
+            a, b = ra[out].astype(np.float32), ga[out].astype(np.float32)
+            rel[out] = float(np.linalg.norm(a - b) / (np.linalg.norm(a) + 1e-12))
+    producer = {o: n for n in ref_onnx.graph.node for o in n.output}
+
+    def upstream_error(tensor: str, seen: set) -> float:
+        """Largest error among the nearest measured tensors upstream (through activations, concats)."""
+        if tensor in rel or tensor in seen:
+            return rel.get(tensor, 0.0)
+        seen.add(tensor)
+        node = producer.get(tensor)
+        return max((upstream_error(i, seen) for i in node.input), default=0.0) if node else 0.0
+
+    ranked = []
+    for name, out, inputs in ref_nodes:
+        if out not in rel:
+            continue
+        before = max((upstream_error(i, set()) for i in inputs[:1]), default=0.0)
+        ranked.append({"node": name, "output": out, "relative_error": round(rel[out], 5),
+                       "growth": round(rel[out] - before, 5)})
+    ranked.sort(key=lambda r: -r["growth"])
+    return ranked[:top]
+
+
+def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path) -> ModelPackage:
+    manifest = json.loads(json.dumps(pkg.manifest))
+    shutil.copyfile(pkg.onnx_path("fp32"), tmp / VARIANT_FILES["fp32"])
+    (tmp / VARIANT_FILES[variant]).write_bytes(model_bytes)
+    manifest["files"] = {VARIANT_FILES["fp32"]: {}, VARIANT_FILES[variant]: {}}
+    write_manifest(tmp, manifest)
+    return ModelPackage.load(tmp)
+
+
+def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: list,
+             backend: str = "onnxruntime", threads: int | None = None) -> dict:
+    """Gate `candidate` (an onnx.ModelProto) as `variant` of `pkg`; returns the report."""
+    import onnx
+
+    from lnrt.session import Session
+
+    cfg = GateConfig.for_variant(variant)
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = _temp_package(pkg, variant, candidate.SerializeToString(), Path(tmp))
+        ref_s = Session(cand, backend=backend, device="cpu", variant="fp32", threads=threads)
+        got_s = Session(cand, backend=backend, device="cpu", variant=variant, threads=threads)
+        per = []
+        for name, vol in volumes:
+            r = compare_results(ref_s.run(vol), got_s.run(vol))
+            r["volume"] = name
+            per.append(r)
+        tiles_report = tile_parity(ref_s.backend, got_s.backend, tiles)
+        backend_info = got_s.backend.describe()
+        ref_s.close()
+        got_s.close()
+    inter = sum(p["intersection"] for p in per)
+    total = sum(p["total"] for p in per)
+    dice = 1.0 if total == 0 else 2 * inter / total
+    sa = max((p["short_axis_max_diff_mm"] for p in per), default=0.0)
+    failures = []
+    if dice < cfg.dice_min:
+        failures.append(f"node-mask Dice {dice:.4f} < {cfg.dice_min}")
+    if sa > cfg.short_axis_tol_mm:
+        failures.append(f"matched short axes differ by up to {sa:.2f} mm > {cfg.short_axis_tol_mm} mm")
+    report = {"variant": variant, "passed": not failures, "failures": failures,
+              "thresholds": asdict(cfg), "dice": round(dice, 5), "short_axis_max_diff_mm": round(sa, 4),
+              "nodes_fp32": sum(p["nodes_ref"] for p in per), "nodes": sum(p["nodes"] for p in per),
+              "tiles": {"count": len(tiles), **tiles_report}, "backend": backend_info, "volumes": per}
+    if tiles:
+        ref_model = onnx.load(str(pkg.onnx_path("fp32")))
+        report["most_sensitive_layers"] = layer_errors(ref_model, candidate, tiles[0])
+        if failures:
+            keep = [r["node"] for r in report["most_sensitive_layers"][:3]]
+            report["advice"] = ("keep these layers at higher precision and export again: "
+                                + " ".join(f"--keep {k}" for k in keep))
+    return report
+
+
+def save_report(root: Path, variant: str, report: dict) -> Path:
+    path = Path(root) / f"parity.{variant}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+__all__ = ["GateConfig", "run_gate", "gate_volumes", "calibration_tiles", "layer_errors", "save_report",
+           "compare_results"]

@@ -1,0 +1,110 @@
+"""Add gated FP16 and INT8 variants to an lnrt model package (`lnrt export variants PACKAGE`).
+
+For each requested variant: build it from the package's FP32 ONNX (`lnrt.export.precision`), run the
+parity gate on validation volumes (`lnrt.export.gate`), and only if it passes (or `force`) write
+`model.<variant>.onnx`, `parity.<variant>.json` and the updated manifest, each to a temporary name
+first. INT8 calibration tiles come from `calib` (a folder of scans, or a list of scan paths) or, by
+default, from generated neck phantoms with seeds nobody else uses; the gate's volumes are never the
+calibration volumes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from lnrt.errors import LnrtError
+from lnrt.package import MANIFEST, VARIANT_FILES, ModelPackage, sha256_of
+
+from . import gate as gates
+from .precision import fp32_nodes, to_fp16, to_int8
+
+log = logging.getLogger("lnrt")
+BUILDABLE = ("fp16", "int8")
+
+
+def _scan_paths(calib) -> list:
+    if isinstance(calib, (list, tuple)):
+        return [Path(c) for c in calib]
+    root = Path(calib)
+    if not root.is_dir():
+        raise LnrtError(f"{root}: --calib must be a folder of scans (NIfTI/NRRD/MHA files or DICOM folders)")
+    items = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    if not items:
+        raise LnrtError(f"{root}: the calibration folder is empty; expected CT scans")
+    return items
+
+
+def calibration_volumes(calib=None, n_phantoms: int = 4) -> list:
+    if calib is None:
+        return gates.gate_volumes(n_phantoms, gates.CALIB_SEED0)
+    from lnrt.imageio import read_scan
+
+    return [(p.name, read_scan(p)[0]) for p in _scan_paths(calib)]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_gate: int = 3,
+                 keep=(), force: bool = False, threads: int | None = None,
+                 calibration: str = "percentile") -> dict:
+    """Build, gate and write precision variants into a package folder; returns {variant: report}."""
+    import onnx
+
+    from lnrt.session import Session
+
+    bad = [v for v in variants if v not in BUILDABLE]
+    if bad:
+        raise LnrtError(f"cannot build variant {bad[0]!r}; expected one of {', '.join(BUILDABLE)}")
+    pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
+    fp32 = onnx.load(str(pkg.onnx_path("fp32")))
+    session = Session(pkg, backend="onnxruntime", device="cpu", threads=threads)
+    volumes = gates.gate_volumes(n_gate)
+    check_tiles = gates.calibration_tiles(session, volumes[:1], per_volume=2, seed=1)
+    reports = {}
+    for variant in variants:
+        log.info("building the %s variant", variant)
+        if variant == "fp16":
+            candidate = to_fp16(onnx.load(str(pkg.onnx_path("fp32"))), keep)
+            extra = {"kept_fp32": fp32_nodes(candidate)}
+        else:
+            cal = calibration_volumes(calib, n_calib)
+            tiles = gates.calibration_tiles(session, cal, seed=2)
+            candidate = to_int8(fp32, tiles, keep, method=calibration)
+            extra = {"calibration": {"source": str(calib) if calib else
+                                     f"neck phantoms, seeds {gates.CALIB_SEED0}..{gates.CALIB_SEED0 + n_calib - 1}",
+                                     "volumes": len(cal), "tiles": len(tiles), "method": calibration,
+                                     "input_layer": "kept in float32",
+                                     "activations": "int8 symmetric per tensor",
+                                     "weights": "int8 symmetric per channel"}}
+        report = gates.run_gate(pkg, variant, candidate, volumes, check_tiles, threads=threads)
+        report.update(extra, keep=list(keep), gate_volumes=[n for n, _ in volumes])
+        reports[variant] = report
+        report["written"] = bool(report["passed"] or force)
+        gates.save_report(pkg.path, variant, report)  # kept as the record even when the gate fails
+        if not report["written"]:
+            log.warning("%s variant failed its gate (%s); not written (--force writes it anyway)",
+                        variant, "; ".join(report["failures"]))
+            continue
+        _write_atomic(pkg.path / VARIANT_FILES[variant], candidate.SerializeToString())
+        _update_manifest(pkg, variant, report)
+    session.close()
+    return reports
+
+
+def _update_manifest(pkg: ModelPackage, variant: str, report: dict) -> None:
+    mpath = pkg.path / MANIFEST
+    manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    fname = VARIANT_FILES[variant]
+    manifest["files"][fname] = {"sha256": sha256_of(pkg.path / fname)}
+    manifest.setdefault("variants", {})[variant] = {
+        "file": fname, "gate_passed": report["passed"], "dice_vs_fp32": report["dice"],
+        "short_axis_max_diff_mm": report["short_axis_max_diff_mm"], "report": f"parity.{variant}.json"}
+    _write_atomic(mpath, (json.dumps(manifest, indent=2) + "\n").encode())
+    pkg.manifest.clear()
+    pkg.manifest.update(manifest)

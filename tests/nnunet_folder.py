@@ -1,0 +1,96 @@
+"""A small nnU-Net v2 results folder built from scratch (random weights), for the import tests.
+
+It follows the files nnU-Net's own predictor reads: plans.json (with a PlainConvUNet `architecture`
+entry and CT foreground intensity properties), dataset.json, and fold_N/checkpoint_final.pth with
+`network_weights`, `init_args`, `trainer_name` and `inference_allowed_mirroring_axes`. The final layer's
+bias is set so about a third of a phantom's body is foreground, so masks are not trivially empty.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SPACING = [2.0, 1.5, 1.5]
+PATCH = [32, 64, 64]
+FEATURES = [8, 16, 32]
+PROPS = {"max": 1800.0, "mean": 60.0, "median": 55.0, "min": -1000.0, "percentile_00_5": -150.0,
+         "percentile_99_5": 500.0, "std": 120.0}
+
+
+def plans(transpose=(0, 1, 2)) -> dict:
+    back = [list(transpose).index(a) for a in range(3)]
+    arch = {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": 3, "features_per_stage": FEATURES, "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+            "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+    cfg = {
+        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2, "patch_size": [PATCH[a] for a in transpose],
+        "median_image_size_in_voxels": [64, 128, 128], "spacing": [SPACING[a] for a in transpose],
+        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                               "force_separate_z": None},
+        "architecture": arch, "batch_dice": False,
+    }
+    return {"dataset_name": "Dataset901_LnrtTest", "plans_name": "nnUNetPlans",
+            "original_median_spacing_after_transp": [SPACING[a] for a in transpose],
+            "original_median_shape_after_transp": [64, 128, 128], "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": list(transpose), "transpose_backward": back,
+            "configurations": {"3d_fullres": cfg}, "experiment_planner_used": "ExperimentPlanner",
+            "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {"0": PROPS}}
+
+
+def dataset() -> dict:
+    return {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lymph_node": 1},
+            "numTraining": 1, "file_ending": ".nii.gz"}
+
+
+def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None) -> Path:
+    """Write the folder; `probe` ((z, y, x) HU array) calibrates the head bias to ~1/3 foreground."""
+    import torch
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from torch import nn
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    p = plans(transpose)
+    (root / "plans.json").write_text(json.dumps(p, indent=1))
+    (root / "dataset.json").write_text(json.dumps(dataset(), indent=1))
+    kw = dict(p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"])
+    kw.update(conv_op=nn.Conv3d, norm_op=nn.InstanceNorm3d, dropout_op=None, nonlin=nn.LeakyReLU)
+    for i, f in enumerate(folds):
+        torch.manual_seed(seed + i)
+        net = PlainConvUNet(input_channels=1, num_classes=2, deep_supervision=False, **kw).eval()
+        if probe is not None:
+            x = np.clip(probe, PROPS["percentile_00_5"], PROPS["percentile_99_5"])
+            x = ((x - PROPS["mean"]) / PROPS["std"]).astype(np.float32)
+            x = np.transpose(x, transpose)
+            crop = tuple(slice(0, s) for s in p["configurations"]["3d_fullres"]["patch_size"])
+            with torch.no_grad():
+                y = net(torch.from_numpy(np.ascontiguousarray(x[crop]))[None, None])[0].numpy()
+            d = y[1] - y[0]
+            head = net.decoder.seg_layers[-1]
+            with torch.no_grad():
+                head.bias[1] -= float(np.quantile(d, 0.66))
+        ckpt = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
+                "init_args": {"plans": p, "configuration": "3d_fullres", "fold": f, "dataset_json": dataset()},
+                "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1000,
+                "logging": {"train_losses": [np.float64(0.5)]}, "optimizer_state": {},
+                "grad_scaler_state": None, "_best_ema": np.float64(0.1)}
+        (root / f"fold_{f}").mkdir(exist_ok=True)
+        torch.save(ckpt, root / f"fold_{f}" / "checkpoint_final.pth")
+    return root

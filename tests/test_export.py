@@ -1,0 +1,251 @@
+"""The export path: PyTorch -> ONNX, precision variants with their parity gates, packages, compare."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, numpy_helper  # noqa: E402
+
+from lnrt.errors import LnrtError  # noqa: E402
+from lnrt.export import gate, precision  # noqa: E402
+from lnrt.export.torch_export import export_module, load_module, load_state_dict  # noqa: E402
+from lnrt.models.unet import UNet, UNetConfig  # noqa: E402
+from lnrt.package import ModelPackage  # noqa: E402
+
+TINY = UNetConfig(features=(4, 8), kernel_sizes=((3, 3, 3), (3, 3, 3)), strides=((1, 1, 1), (2, 2, 2)),
+                  n_conv_per_stage=(1, 1), n_conv_per_stage_decoder=(1,), norm="instance")
+
+
+class NormNet(torch.nn.Module):
+    """Conv -> InstanceNorm -> LeakyReLU -> pool -> Resize -> Conv -> Softmax: every op kind the FP16
+    converter must treat differently."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv3d(1, 6, 3, padding=1)
+        self.norm = torch.nn.InstanceNorm3d(6, affine=True)
+        self.c2 = torch.nn.Conv3d(6, 2, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.leaky_relu(self.norm(self.c1(x)), 0.01)
+        y = torch.nn.functional.max_pool3d(y, 2)
+        y = torch.nn.functional.interpolate(y, scale_factor=2.0, mode="nearest")
+        return torch.softmax(self.c2(y), dim=1)
+
+
+def _types(model) -> dict:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    t = {v.name: v.type.tensor_type.elem_type for v in
+         list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    t.update({i.name: i.data_type for i in inferred.graph.initializer})
+    return t
+
+
+def _run(model, x):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_fp16_keeps_normalization_and_softmax_in_fp32_and_io_in_fp32():
+    torch.manual_seed(0)
+    model, check = export_module(NormNet().eval(), (8, 16, 16))
+    assert check["opset"] == 17 and "InstanceNormalization" in check["onnx_ops"]
+    half = precision.to_fp16(model)
+    types = _types(half)
+    by_op = {}
+    for n in half.graph.node:
+        by_op.setdefault(n.op_type, []).append(n)
+    for n in by_op["Conv"]:
+        assert types[n.output[0]] == TensorProto.FLOAT16
+        assert types[n.input[1]] == TensorProto.FLOAT16  # weights stored as fp16
+    for op in ("InstanceNormalization", "Softmax"):
+        for n in by_op[op]:
+            assert all(types[i] == TensorProto.FLOAT for i in n.input if i), op
+            assert types[n.output[0]] == TensorProto.FLOAT
+    for n in by_op["Resize"]:  # scales stay float32, data goes fp16
+        assert types[n.input[0]] == TensorProto.FLOAT16
+        assert all(types[i] != TensorProto.FLOAT16 for i in n.input[1:] if i)
+    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert half.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    x = np.random.default_rng(1).normal(size=(2, 1, 8, 16, 16)).astype(np.float32)
+    ref, got = _run(model, x), _run(half, x)
+    assert got.dtype == np.float32 and np.abs(ref - got).max() < 5e-3
+    assert set(precision.fp32_nodes(half)) >= {n.name for n in by_op["InstanceNormalization"]}
+
+
+def test_fp16_keep_list_leaves_named_nodes_in_fp32():
+    model, _ = export_module(NormNet().eval(), (8, 16, 16))
+    first = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    half = precision.to_fp16(model, keep=[first])
+    types = _types(half)
+    node = next(n for n in half.graph.node if n.name == first)
+    assert types[node.output[0]] == TensorProto.FLOAT and types[node.input[1]] == TensorProto.FLOAT
+
+
+def test_int8_is_symmetric_qdq_per_channel_and_keeps_the_input_layer():
+    torch.manual_seed(0)
+    net = UNet(TINY).eval()
+    model, _ = export_module(net, (16, 16, 16))
+    rng = np.random.default_rng(0)
+    tiles = [rng.normal(size=(1, 1, 16, 16, 16)).astype(np.float32) for _ in range(3)]
+    q = precision.to_int8(model, tiles)
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    qnodes = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert qnodes
+    for n in qnodes:  # symmetric int8: zero point 0 of type int8
+        zp = inits[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any()
+    conv_weights = {n.input[1] for n in q.graph.node if n.op_type == "Conv"}
+    producers = {o: n for n in q.graph.node for o in n.output}
+    per_channel = [producers[w] for w in conv_weights if w in producers
+                   and producers[w].op_type == "DequantizeLinear"]
+    assert per_channel and all(inits[d.input[1]].size > 1 for d in per_channel)
+    first = precision.input_layers(model)[0]
+    first_node = next(n for n in q.graph.node if n.name == first)
+    assert first_node.input[0] == q.graph.input[0].name  # raw float input, no Q/DQ in front
+    x = tiles[0]
+    ref, got = _run(model, x), _run(q, x)
+    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.95
+    with pytest.raises(LnrtError, match="calibration"):
+        precision.to_int8(model, [])
+
+
+def test_weights_loading_and_refusals(tmp_path):
+    net = UNet(TINY)
+    kwargs = {"cfg": TINY.to_dict()}
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    torch.save({"model": net.state_dict(), "step": 3}, tmp_path / "nested.pt")
+    from safetensors.torch import save_file
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    for f in ("w.pt", "nested.pt", "w.safetensors"):
+        m = load_module("lnrt.models.unet:UNet", kwargs, tmp_path / f)
+        assert not m.training
+        for k, v in net.state_dict().items():
+            assert torch.equal(m.state_dict()[k], v)
+    torch.save(net, tmp_path / "module.pt")  # a pickled module, not a state dict
+    with pytest.raises(LnrtError, match="not a state dict"):
+        load_state_dict(tmp_path / "module.pt")
+    torch.save({"a": 1}, tmp_path / "nothing.pt")
+    with pytest.raises(LnrtError, match="not a state dict of tensors"):
+        load_state_dict(tmp_path / "nothing.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(LnrtError, match="safetensors"):
+        load_state_dict(tmp_path / "junk.safetensors")
+    other = UNet(UNetConfig(features=(4, 16), kernel_sizes=TINY.kernel_sizes, strides=TINY.strides,
+                            n_conv_per_stage=(1, 1), n_conv_per_stage_decoder=(1,)))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(LnrtError, match="do not fit"):
+        load_module("lnrt.models.unet:UNet", kwargs, tmp_path / "other.pt")
+    with pytest.raises(LnrtError, match="cannot import"):
+        load_module("lnrt.models.nothing:Net", {}, None)
+
+
+def test_deep_supervision_heads_are_dropped():
+    cfg = UNetConfig(**{**TINY.__dict__, "deep_supervision": True})
+    net = UNet(cfg)
+    net.train()  # even a module left in training mode exports its full-resolution head only
+    model, check = export_module(net, (16, 16, 16), probe=[np.zeros((1, 1, 16, 16, 16), np.float32)])
+    assert len(model.graph.output) == 1
+    out = _run(model, np.zeros((3, 1, 16, 16, 16), np.float32))
+    assert out.shape == (3, 2, 16, 16, 16)  # dynamic batch, full resolution
+    assert check["max_abs_logit_diff"] < 1e-4 and check["argmax_dice"] >= 0.999
+
+
+def test_gate_passes_fp16_and_fails_a_broken_variant(placeholder_package, tmp_path):
+    pkg_dir = tmp_path / "pkg"
+    shutil.copytree(placeholder_package, pkg_dir)
+    from lnrt.export import variants as va
+
+    reports = va.add_variants(pkg_dir, ["fp16"], n_gate=1)
+    assert reports["fp16"]["passed"] and reports["fp16"]["written"]
+    pkg = ModelPackage.load(pkg_dir)  # sha256 of the new file verified
+    assert "fp16" in pkg.variants() and pkg.manifest["variants"]["fp16"]["gate_passed"]
+    assert json.loads((pkg_dir / "parity.fp16.json").read_text())["dice"] >= 0.99
+
+    def broken(model, keep=()):
+        for init in model.graph.initializer:  # flip every weight's sign: a variant that is wrong
+            arr = numpy_helper.to_array(init)
+            if arr.dtype == np.float32 and arr.ndim > 1:
+                init.CopyFrom(numpy_helper.from_array(-arr, init.name))
+        return model
+
+    original = va.to_fp16
+    va.to_fp16 = broken
+    try:
+        pkg_dir2 = tmp_path / "pkg2"
+        shutil.copytree(placeholder_package, pkg_dir2)
+        reports = va.add_variants(pkg_dir2, ["fp16"], n_gate=1)
+        r = reports["fp16"]
+        assert not r["passed"] and not r["written"] and r["failures"]
+        assert not (pkg_dir2 / "model.fp16.onnx").exists()
+        assert "fp16" not in ModelPackage.load(pkg_dir2).variants()
+        saved = json.loads((pkg_dir2 / "parity.fp16.json").read_text())
+        assert saved["advice"].startswith("keep these layers") and saved["most_sensitive_layers"]
+        forced = va.add_variants(pkg_dir2, ["fp16"], n_gate=1, force=True)
+        assert forced["fp16"]["written"] and "fp16" in ModelPackage.load(pkg_dir2).variants()
+    finally:
+        va.to_fp16 = original
+    with pytest.raises(LnrtError, match="cannot build variant"):
+        va.add_variants(pkg_dir, ["fp8"])
+
+
+def test_match_nodes_pairs_by_overlap():
+    ref = np.zeros((4, 10, 10), np.uint16)
+    got = np.zeros_like(ref)
+    ref[1:3, 1:4, 1:4] = 1
+    ref[1:3, 6:9, 6:9] = 2
+    got[1:3, 6:9, 6:8] = 1  # the candidate numbers them the other way round and misses node 1
+    nodes = [{"id": 1, "bbox_voxels": [1, 1, 1, 2, 3, 3]}, {"id": 2, "bbox_voxels": [1, 6, 6, 2, 8, 8]}]
+    pairs = gate.match_nodes(ref, nodes, got, [{"id": 1}])
+    assert pairs[0][1] is None and pairs[1][1] == {"id": 1}
+
+
+def test_export_torch_cli_builds_a_working_package(tmp_path, run_cli, capsys):
+    net = UNet(TINY).eval()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "pkg"
+    args = ["export", "torch", str(out), "--kwargs", json.dumps({"cfg": TINY.to_dict()}),
+            "--weights", str(tmp_path / "w.pt"), "--spacing", "2", "1", "1", "--patch", "16", "32", "32",
+            "--window", "-200", "400", "--name", "tiny", "--trained-on", "random weights", "--variants", ""]
+    assert run_cli(*args) == 0, capsys.readouterr().err
+    pkg = ModelPackage.load(out)
+    exp = pkg.manifest["provenance"]["export"]
+    assert exp["argmax_dice"] >= 0.999 and exp["max_abs_logit_diff"] < 1e-3
+    assert not list(tmp_path.glob(".pkg.staging*"))
+    capsys.readouterr()
+    assert run_cli(*args) == 2
+    assert "already exists" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    torch.save(net, bad)  # a pickled module: refused in one line
+    args[args.index("--weights") + 1] = str(bad)
+    args[2] = str(tmp_path / "pkg2")
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a state dict" in err
+
+
+def test_compare_and_infer_with_a_variant(run_cli, capsys, tmp_path):
+    import lnrt
+    from lnrt.compare import compare, format_compare
+
+    sample = lnrt.sample_path()
+    result = compare(None, sample, variants=["fp32", "fp16"], backends=["onnxruntime"])
+    rows = {(r["backend"], r["variant"]): r for r in result["rows"]}
+    assert rows[("onnxruntime", "fp32")]["reference"]
+    fp16 = rows[("onnxruntime", "fp16")]
+    assert fp16["dice"] >= 0.99 and fp16["nodes"] == result["reference"]["nodes"] > 0
+    assert fp16["max_abs_logit_diff"] < 0.5 and fp16["argmax_agreement"] > 0.999
+    assert fp16["short_axis_max_diff_mm"] <= 0.5
+    table = format_compare(result)
+    assert "fp16" in table and "(reference)" in table
+    assert run_cli("infer", sample, "--variant", "fp16", "--out", tmp_path, "--quiet", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"]["variant"] == "fp16"
+    assert report["model"]["sha256"] == ModelPackage.load().sha256("fp16")
