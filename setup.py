@@ -38,11 +38,12 @@ setup(
         "export": ["onnx>=1.15", "torch>=2.1", "onnxslim>=0.1.30", "safetensors>=0.4"],
         "train": ["onnx>=1.15", "torch>=2.1"],
         "gpu": ["cupy-cuda12x>=13", "onnxruntime-gpu>=1.17"],
+        "openvino": ["openvino>=2024.0"],
         "qc": ["Pillow>=9.2"],
         "clinical": ["highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2"],
         # torch pinned to the release this project's machines carry locally (a range would fetch the
         # newest CUDA build, several GB); any torch >= 2.1 works for the tests
-        "dev": ["pytest>=7", "onnx>=1.15", "torch==2.13.0", "onnxslim>=0.1.30", "safetensors>=0.4",
+        "dev": ["pytest>=7", "onnx>=1.15", "openvino>=2024.0", "torch==2.13.0", "onnxslim>=0.1.30", "safetensors>=0.4",
                 "highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2"],
         # the peers lnrt is checked and benchmarked against (nnU-Net's own predictor, MONAI)
         "peers": ["nnunetv2>=2.5", "monai>=1.3"],

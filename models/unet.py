@@ -112,3 +112,14 @@ EDGE = UNetConfig()
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class PlansUNet(UNet):
+    """`UNet` built from nnU-Net-style keyword arguments (input_channels, num_classes, deep_supervision,
+    plus UNetConfig's fields), so an nnU-Net plans file can name it and nnU-Net's own predictor can run
+    lnrt's networks: the peer benchmarks use this to run the same weights through both."""
+
+    def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, **config):
+        cfg = dict(config, in_channels=input_channels, num_classes=num_classes,
+                   deep_supervision=bool(deep_supervision))
+        super().__init__(UNetConfig.from_dict(cfg))

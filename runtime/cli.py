@@ -110,9 +110,11 @@ def _save_options(kw: dict) -> dict:
 @cli.command()
 @click.argument("scan", type=click.Path(exists=False))
 @click.option("--model", type=click.Path(), default=None, help="Model package folder (default: embedded).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "openvino", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: OpenVINO when installed, else ONNX Runtime.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True,
+              help="Model precision; bf16 is the fp32 model with OpenVINO's bf16 hint (CPUs with bf16).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Tiles per network call.")
 @click.option("--tta/--no-tta", default=None, help="Mirroring test-time augmentation (default: model's).")
@@ -346,7 +348,7 @@ def build_engine(package, variant, max_batch, opt_batch, workspace_gb, rebuild):
 @cli.command()
 @click.argument("package", type=click.Path())
 @click.argument("scan", type=click.Path())
-@click.option("--variant", "variants", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+@click.option("--variant", "variants", multiple=True, type=click.Choice(["fp32", "fp16", "int8", "bf16"]),
               help="Variants to compare (default: all in the package).")
 @click.option("--backend", "backends", multiple=True, help="Backends to compare (default: all available).")
 @click.option("--threads", type=int, default=None)
@@ -357,6 +359,46 @@ def compare(package, scan, variants, backends, threads, as_json):
 
     result = run_compare(package, scan, variants or None, backends or None, threads)
     click.echo(json.dumps(result, indent=2) if as_json else format_compare(result))
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1, type=click.Path())
+@click.option("--synthetic", default=None, help="Benchmark a generated neck phantom of X x Y x Z voxels "
+              "(0.5 x 0.5 x 1 mm), e.g. 512x512x250.")
+@click.option("--model", type=click.Path(), default=None, help="Model package (default: embedded).")
+@click.option("--backend", type=click.Choice(["auto", "openvino", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True)
+@click.option("--repeat", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None,
+              help="Write the result as <host>-<date>-bench-<backend>-<variant>.json in this folder.")
+@click.option("--chart", type=click.Path(dir_okay=False), default=None, help="compare: write a PNG chart here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(args, synthetic, model, backend, variant, repeat, warmup, threads, batch_size, save_dir, chart, as_json):
+    """Per-stage latency of SCAN (or --synthetic SIZE); `lnrt bench compare FILES...` tabulates results."""
+    from . import bench as b
+
+    if args and args[0] == "compare":
+        results = b.load_results(args[1:])
+        click.echo(b.compare_table(results))
+        if chart:
+            click.echo(f"wrote {b.compare_chart(results, chart)}")
+        return
+    if len(args) > 1:
+        raise LnrtError(f"bench takes one SCAN, got {len(args)}; expected SCAN or --synthetic SIZE")
+
+    def progress(i, n, wall):
+        if not as_json:
+            click.echo(f"run {i}/{n}: {wall:.2f} s", err=True)
+
+    result = b.bench(args[0] if args else None, synthetic, model, backend, variant, repeat, warmup, threads,
+                     batch_size, progress=progress)
+    if save_dir:
+        path = b.save_result(result, save_dir)
+        click.echo(f"wrote {path}", err=True)
+    click.echo(json.dumps(result, indent=2) if as_json else b.format_result(result))
 
 
 def main(argv=None) -> int:

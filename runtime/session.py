@@ -193,7 +193,10 @@ class Session:
                  memory_limit_gb: float | None = None):
         self.package = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
         self.variant = variant
-        self.backend = create_backend(self.package.onnx_path(variant), backend, device, threads)
+        # bf16 is not a file: the fp32 model with OpenVINO's bf16 precision hint
+        file_variant = "fp32" if variant == "bf16" else variant
+        self.backend = create_backend(self.package.onnx_path(file_variant), backend, device, threads,
+                                      precision="bf16" if variant == "bf16" else "f32")
         sw = self.package.section("sliding_window")
         self.window = SlidingWindowConfig(
             patch=self.package.patch_zyx,
@@ -209,7 +212,8 @@ class Session:
         self.memory_limit_gb = memory_limit_gb or 0.8 * _physical_memory_gb()
 
     def model_info(self) -> dict:
-        info = self.package.summary(self.variant)
+        info = self.package.summary("fp32" if self.variant == "bf16" else self.variant)
+        info["variant"] = self.variant
         info["classes"] = self.package.classes
         info.update(self.backend.describe())
         return info
@@ -260,18 +264,29 @@ class Session:
             prep = self.prepare(vol, orient)
         native, mgrid, box, x, body_crop = prep.native, prep.grid, prep.box, prep.image, prep.body
         n_classes = len(pkg.classes)
+        tile_count, net_s = [0], [0.0]
         fg_prob_c = np.zeros(native.shape, dtype=np.float32)
         class_c = np.zeros(native.shape, dtype=np.uint8)
         if box is None:
             warnings.append(f"{source}: no body found above {self.body.threshold_hu:g} HU; no nodes")
         else:
             def tiles_done(done, total):
+                tile_count[0] = total
                 if progress:
                     progress("network", done, total)
 
-            with timer.stage("network"):
-                logits, covered = sliding_window(x, self.backend.run, self.window, mask=body_crop,
+            def predict(batch):
+                t0 = time.perf_counter()
+                out = self.backend.run(batch)
+                net_s[0] += time.perf_counter() - t0
+                return out
+
+            with timer.stage("sliding_window"):
+                logits, covered = sliding_window(x, predict, self.window, mask=body_crop,
                                                  progress=tiles_done)
+            # split the window's time into the network's calls and lnrt's tiling and accumulation
+            timer.timings["network"] = net_s[0]
+            timer.timings["accumulate"] = timer.timings.pop("sliding_window") - net_s[0]
             with timer.stage("postprocess"):
                 if logits is not None:
                     probs = _activate(logits, pkg.section("output").get("activation", "softmax"))
@@ -301,6 +316,7 @@ class Session:
         settings = {"sliding_window": {k: (list(v) if isinstance(v, tuple) else v)
                                        for k, v in self.window.__dict__.items()},
                     "model_grid_zyx": list(mgrid.shape), "body_box_zyx": box and [list(b) for b in box],
+                    "tiles": tile_count[0],
                     "min_volume_mm3": self.min_volume_mm3, "connectivity": self.connectivity,
                     "orientation": {"perm": list(orient.perm), "flip": list(orient.flip),
                                     "obliquity_deg": round(orient.obliquity_deg, 3)}}

@@ -25,7 +25,8 @@ def test_infer_writes_the_three_outputs(tmp_path, run_cli, capsys):
     rep = json.loads(report.read_text())
     assert rep["schema"] == "lnrt.report/1"
     pkg = lnrt.ModelPackage.load()
-    assert rep["model"]["name"] == pkg.name and rep["model"]["backend"] == "onnxruntime"
+    from lnrt.backends import available
+    assert rep["model"]["name"] == pkg.name and rep["model"]["backend"] == available()[0]
     assert rep["model"]["version"] == pkg.version  # not the backend's version
     ids = sorted(n["id"] for n in rep["nodes"])
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))
