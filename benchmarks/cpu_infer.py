@@ -35,12 +35,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run_once(scan: Path, out: Path, model: str | None = None) -> dict:
+def run_once(scan: Path, out: Path, model: str | None = None, extra_args=()) -> dict:
     code = ("import resource, sys, json; from lnrt.cli import main; rc = main(sys.argv[1:]); "
             "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), "
             "file=sys.stderr)")
     t0 = time.perf_counter()
-    extra = ["--model", model] if model else []
+    extra = (["--model", model] if model else []) + list(extra_args)
     proc = subprocess.run([sys.executable, "-c", code, "infer", str(scan), "--out", str(out), "--json",
                            "--overwrite", *extra], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--model", default=None, help="model package (default: the embedded one)")
+    ap.add_argument("--backend", default=None, help="passed to lnrt infer (default: its automatic choice)")
+    ap.add_argument("--variant", default=None, help="passed to lnrt infer (default: fp32)")
     args = ap.parse_args()
     from lnrt.models.neck import make_spec, render
 
@@ -78,7 +80,8 @@ def main() -> None:
         scan = tmp / "neck.nii.gz"
         sitk.WriteImage(img, str(scan), useCompression=True)
         del hu, img
-        runs = [run_once(scan, tmp / "out", args.model) for _ in range(args.repeat)]
+        extra = (["--backend", args.backend] if args.backend else []) + (["--variant", args.variant] if args.variant else [])
+        runs = [run_once(scan, tmp / "out", args.model, extra) for _ in range(args.repeat)]
         file_mb = scan.stat().st_size / 2**20
     stages = sorted({k for r in runs for k in r["stages_s"]})
     median = {k: round(float(np.median([r["stages_s"].get(k, 0.0) for r in runs])), 3) for k in stages}
@@ -92,7 +95,9 @@ def main() -> None:
         "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{platform.node() or 'host'}-{result['date']}-cpu-infer.json"
+    engine = runs[0]["model"]
+    tag = f"-{engine['backend']}-{engine.get('variant', 'fp32')}" if (args.backend or args.variant) else ""
+    name = f"{platform.node() or 'host'}-{result['date']}-cpu-infer{tag}.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("median_stages_s", "median_wall_s", "max_peak_rss_mb")}, indent=2))
     print(f"wrote {args.out / name}")

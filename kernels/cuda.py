@@ -1,0 +1,118 @@
+"""CuPy launchers for the CUDA kernels in this folder (`ccl.cu`, `stats.cu`).
+
+The `.cu` sources ship with the package and are compiled by NVRTC through `cupy.RawModule` at first use
+(CuPy caches the compiled binaries on disk; this module caches the loaded modules per index width).
+Volumes of 2^31 voxels or more get 64-bit indices (`-DLNRT_INDEX=long long`). Launch configuration
+errors raise at the launch; each public function synchronizes its stream before returning, so an error
+inside a kernel surfaces there, with the kernel's name, rather than later. Results equal the CPU
+oracles (cc3d for labels, in cc3d's raster numbering; NumPy for statistics): see tests/test_kernels.py.
+"""
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+
+from lnrt.errors import LnrtError, missing_extra
+
+THREADS = 256
+_modules: dict = {}
+
+
+def cupy():
+    try:
+        import cupy as cp
+    except ImportError:
+        raise missing_extra("cupy", "gpu") from None
+    try:
+        cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver or no device
+        raise LnrtError(f"no usable CUDA GPU ({str(exc)[:120]}); use --device cpu") from None
+    return cp
+
+
+def source(name: str) -> str:
+    return (resources.files("lnrt.kernels") / name).read_text(encoding="utf-8")
+
+
+def module(name: str, wide: bool = False):
+    cp = cupy()
+    key = (name, wide)
+    if key not in _modules:
+        options = ("-std=c++14",) + (("-DLNRT_INDEX=long long",) if wide else ())
+        _modules[key] = cp.RawModule(code=source(name), options=options)
+    return _modules[key]
+
+
+def _launch(mod, kernel: str, n: int, *args) -> None:
+    blocks = max(1, (int(n) + THREADS - 1) // THREADS)
+    mod.get_function(kernel)((blocks,), (THREADS,), args)
+
+
+def _sync(what: str) -> None:
+    cp = cupy()
+    try:
+        cp.cuda.get_current_stream().synchronize()
+    except Exception as exc:  # a fault inside a kernel
+        raise RuntimeError(f"CUDA kernel failure in {what}: {exc}") from exc
+
+
+def label_components(mask, connectivity: int = 26):
+    """(labels uint32 (z, y, x) on the device, N): ids 1..N in raster order of first voxels (cc3d's)."""
+    cp = cupy()
+    if connectivity not in (6, 18, 26):
+        raise LnrtError(f"connectivity {connectivity}: expected 6, 18 or 26")
+    mask = cp.ascontiguousarray(cp.asarray(mask) != 0).view(cp.uint8)
+    if mask.ndim != 3:
+        raise LnrtError(f"mask of shape {mask.shape}: expected a 3D (z, y, x) volume")
+    nz, ny, nx = mask.shape
+    n = mask.size
+    wide = n >= 2**31
+    itype = cp.int64 if wide else cp.int32
+    ntype = np.int64 if wide else np.int32
+    mod = module("ccl.cu", wide)
+    parent = cp.empty(n, dtype=itype)
+    _launch(mod, "init", n, mask, parent, ntype(n))
+    _launch(mod, "merge", n, mask, parent, np.int32(nz), np.int32(ny), np.int32(nx), np.int32(connectivity))
+    _launch(mod, "compress", n, parent, ntype(n))
+    is_root = cp.empty(n, dtype=cp.int32)
+    _launch(mod, "roots", n, parent, is_root, ntype(n))
+    rank = cp.cumsum(is_root, dtype=cp.int32)
+    labels = cp.empty((nz, ny, nx), dtype=cp.uint32)
+    _launch(mod, "relabel", n, parent, rank, labels, ntype(n))
+    _sync("connected components")
+    count = int(rank[-1]) if n else 0
+    return labels, count
+
+
+def component_stats(labels, n_labels: int, image=None, prob=None, classes=None, n_classes: int = 0) -> dict:
+    """Per-component count, bbox (z0, y0, x0, z1, y1, x1 inclusive), centroid (z, y, x voxels), intensity
+    and probability sums and class votes, as NumPy arrays indexed by id - 1."""
+    cp = cupy()
+    labels = cp.ascontiguousarray(cp.asarray(labels, dtype=cp.uint32))
+    nz, ny, nx = labels.shape
+    n = labels.size
+    k = max(int(n_labels), 1)
+    count = cp.zeros(k, dtype=cp.uint64)
+    bbox = cp.empty((k, 6), dtype=cp.int32)
+    bbox[:, :3] = np.iinfo(np.int32).max
+    bbox[:, 3:] = -1
+    sums = cp.zeros((k, 5), dtype=cp.float64)
+    votes = cp.zeros((k, max(n_classes, 1)), dtype=cp.uint64)
+
+    def dev(a, dtype):
+        return None if a is None else cp.ascontiguousarray(cp.asarray(a, dtype=dtype))
+
+    img, pr, cl = dev(image, cp.float32), dev(prob, cp.float32), dev(classes, cp.uint8)
+    mod = module("stats.cu", n >= 2**31)
+    null = np.uintp(0)
+    _launch(mod, "component_stats", n, labels, img if img is not None else null, pr if pr is not None else null,
+            cl if cl is not None else null, np.int32(nz), np.int32(ny), np.int32(nx), np.uint32(n_labels),
+            np.int32(n_classes), count, bbox, sums, votes)
+    _sync("component statistics")
+    c = cp.asnumpy(count)[:n_labels].astype(np.int64)
+    s = cp.asnumpy(sums)[:n_labels]
+    safe = np.maximum(c, 1)[:, None]
+    return {"count": c, "bbox": cp.asnumpy(bbox)[:n_labels], "centroid": s[:, :3] / safe,
+            "intensity_sum": s[:, 3], "probability_sum": s[:, 4],
+            "votes": cp.asnumpy(votes)[:n_labels] if n_classes else None}
