@@ -24,15 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from lnrt.bench import cpu_model
 
 
 def run_once(scan: Path, out: Path, model: str | None = None, extra_args=()) -> dict:
