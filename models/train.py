@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .neck import make_spec, render
-from .unet import EDGE, UNet
+from .unet import EDGE, UNet, UNetConfig
 
 SPACING = (2.0, 1.0, 1.0)
 WINDOW = (-200.0, 400.0)
@@ -97,6 +97,21 @@ def predict_volume(model, hu, device, batch_size=2):
     return logits.argmax(0)
 
 
+def add_activation_noise(model) -> None:
+    """Quantization-aware fine-tuning, the light way: in training mode every activation gets uniform
+    noise of one int8 step (max |a| / 127, per tensor, symmetric as the INT8 export quantizes), so the
+    network learns to be robust to the rounding its INT8 variant will apply."""
+    def hook(_module, _inp, out):
+        if not _module.training:
+            return out
+        step = out.detach().abs().amax() / 127.0
+        return out + step * (torch.rand_like(out) - 0.5)
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.LeakyReLU):
+            m.register_forward_hook(hook)
+
+
 def dice(a, b):
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
@@ -110,6 +125,13 @@ def train(args):
     rng = np.random.default_rng(args.seed)
     cfg = EDGE
     model = UNet(cfg).to(device)
+    if getattr(args, "init", None):  # fine-tune from a weights file ({"unet": cfg, "model": state dict}, weights_only)
+        init = torch.load(args.init, map_location=device, weights_only=True)
+        cfg = UNetConfig.from_dict(init["unet"])
+        model = UNet(cfg).to(device)
+        model.load_state_dict(init["model"])
+    if getattr(args, "act_noise", False):
+        add_activation_noise(model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     start = 0
     ckpt = out / "checkpoint.pt"
@@ -175,6 +197,9 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default=None, help="fine-tune from this weights file (e.g. models/edge_weights.pt)")
+    ap.add_argument("--act-noise", action="store_true",
+                    help="int8-step activation noise while training (quantization-aware fine-tuning)")
     ap.add_argument("--package", default=None, help="after training, write a model package here")
     ap.add_argument("--package-only", action="store_true", help="package the checkpoint, no training")
     args = ap.parse_args()

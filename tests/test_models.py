@@ -144,6 +144,24 @@ def test_training_runs_resumes_and_packages(tmp_path):
     assert state["iteration"] == 6
 
 
+def test_activation_noise_acts_only_in_training():
+    from lnrt.models.train import add_activation_noise
+    from lnrt.models.unet import EDGE, UNet
+
+    torch.manual_seed(0)
+    net = UNet(EDGE)
+    x = torch.randn(1, 1, 16, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        clean = net(x)
+    add_activation_noise(net)
+    with torch.no_grad():
+        assert torch.equal(net(x), clean)  # eval: untouched, so exports and inference are unchanged
+        net.train()
+        noisy_a, noisy_b = net(x), net(x)
+    assert not torch.equal(noisy_a, noisy_b)
+
+
 def test_export_refuses_a_patch_the_strides_do_not_divide():
     pytest.importorskip("onnx")
     from lnrt.models.package_model import export_onnx
