@@ -209,6 +209,7 @@ def _export_module(name: str):
     import importlib
 
     try:
+        import onnx  # noqa: F401  (every export command reads or writes ONNX)
         return importlib.import_module(f"lnrt.export.{name}")
     except ImportError as exc:
         from .errors import missing_extra

@@ -249,3 +249,19 @@ def test_compare_and_infer_with_a_variant(run_cli, capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["model"]["variant"] == "fp16"
     assert report["model"]["sha256"] == ModelPackage.load().sha256("fp16")
+
+
+def test_export_without_onnx_names_the_extra(monkeypatch, run_cli, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnx(name, *a, **k):
+        if name == "onnx":
+            raise ImportError("No module named 'onnx'", name="onnx")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    from lnrt.package import default_package_path
+    assert run_cli("export", "variants", default_package_path()) == 2
+    assert "pip install 'lnrt[export]'" in capsys.readouterr().err
