@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from lnrt.bench import cpu_model
 
@@ -56,22 +55,13 @@ def main() -> None:
     ap.add_argument("--backend", default=None, help="passed to lnrt infer (default: its automatic choice)")
     ap.add_argument("--variant", default=None, help="passed to lnrt infer (default: fp32)")
     args = ap.parse_args()
-    from lnrt.models.neck import make_spec, render
+    from lnrt.bench import synthetic_scan
+    from lnrt.models.neck import make_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        spec = make_spec(40000)
-        nz, ny, nx = args.shape
-        sz, sy, sx = args.spacing
-        hu, _, origin = render(spec, tuple(args.spacing), fov_xy=(nx * sx, ny * sy),
-                               pad_z=max(0.0, (nz * sz - spec.height) / 2))
-        nodes = spec.nodes
-        img = sitk.GetImageFromArray(np.round(hu).astype(np.int16))
-        img.SetSpacing(tuple(args.spacing)[::-1])
-        img.SetOrigin(origin)
-        scan = tmp / "neck.nii.gz"
-        sitk.WriteImage(img, str(scan), useCompression=True)
-        del hu, img
+        nodes = make_spec(40000).nodes
+        scan = synthetic_scan(tuple(args.shape[::-1]), tuple(args.spacing[::-1]), seed=40000, out_dir=tmp)
         extra = (["--backend", args.backend] if args.backend else []) + (["--variant", args.variant] if args.variant else [])
         runs = [run_once(scan, tmp / "out", args.model, extra) for _ in range(args.repeat)]
         file_mb = scan.stat().st_size / 2**20

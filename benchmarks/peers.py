@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,14 +30,21 @@ from pathlib import Path
 import numpy as np
 
 
-def nnunet_folder(root: Path) -> Path:
+def default_weights() -> dict:
+    """The default model's weights: {"unet": config, "model": state dict}."""
+    import torch
+
+    from lnrt.package import default_package_path
+
+    return torch.load(Path(default_package_path()).parent / "edge_weights.pt", weights_only=True)
+
+
+def nnunet_folder(root: Path, state: dict) -> Path:
     """An nnU-Net v2 results folder holding the default model's weights."""
     import torch
 
     from lnrt.models.train import SPACING, WINDOW, INFER_PATCH
-    from lnrt.package import default_package_path
 
-    state = torch.load(Path(default_package_path()).parent / "edge_weights.pt", weights_only=True)
     cfg = dict(state["unet"])
     for k in ("in_channels", "num_classes", "deep_supervision"):
         cfg.pop(k)
@@ -136,7 +142,8 @@ def main() -> None:
                 e2e[f"lnrt_{backend}"] = round(t, 3)
                 log(f"lnrt {backend}: {t:.1f} s")
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        folder = nnunet_folder(tmp / "nnunet")
+        state = default_weights()
+        folder = nnunet_folder(tmp / "nnunet", state)
         pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                device=torch.device("cpu"), allow_tqdm=False)
         pred.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
@@ -162,10 +169,8 @@ def main() -> None:
         # 2. the window stage on the same normalized model-grid volume
         from monai.inferers import sliding_window_inference
 
-        from lnrt.models.package_model import load_checkpoint  # noqa: F401  (torch model below)
-        from lnrt.models.unet import UNet, UNetConfig
-        state = torch.load(Path(lnrt.package.default_package_path()).parent / "edge_weights.pt", weights_only=True)
-        net = UNet(UNetConfig.from_dict(state["unet"]))
+        from lnrt.models.unet import UNet
+        net = UNet(state["unet"])
         net.load_state_dict(state["model"])
         net.eval()
         window = {}

@@ -18,31 +18,9 @@ from pathlib import Path
 from lnrt.errors import LnrtError
 from lnrt.package import ModelPackage, make_manifest, write_manifest
 
-from .torch_export import _torch, export_module, torch_parity
+from .torch_export import export_module, first_output, torch_parity
 
 ARGMAX_DICE_MIN = 0.999
-
-
-def transposed(module, forward):
-    """Wrap `module` so it takes (z, y, x) patches though it was trained on axes permuted by `forward`."""
-    torch = _torch()
-    forward = [int(a) for a in forward]
-    if forward == [0, 1, 2]:
-        return module
-    back = [forward.index(a) for a in range(3)]
-
-    class Transposed(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            y = self.inner(x.permute(0, 1, *[2 + a for a in forward]))
-            if isinstance(y, (list, tuple)):
-                y = y[0]
-            return y.permute(0, 1, *[2 + a for a in back])
-
-    return Transposed(module).eval()
 
 
 def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, normalization: dict,
@@ -57,7 +35,7 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
-        net = transposed(module, transpose)
+        net = first_output(module, transpose)
         model, check = export_module(net, patch_zyx)
         (stage / "model.onnx").write_bytes(model.SerializeToString())
         sw = {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [], "batch_size": 2,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lnrt.compare import compare_results, match_nodes, tile_parity  # noqa: F401 (re-exported)
+from lnrt.compare import compare_results, match_nodes, padded_input, tile_parity  # noqa: F401 (re-exported)
 from lnrt.package import VARIANT_FILES, ModelPackage, write_manifest
 
 DICE_MIN = {"fp16": 0.99, "bf16": 0.99, "int8": 0.97}
@@ -49,22 +49,17 @@ def gate_volumes(n: int = 3, seed0: int = GATE_SEED0) -> list:
 
 
 def calibration_tiles(session, volumes: list, per_volume: int = 6, seed: int = 0) -> list:
-    """Network input tiles (1, C, z, y, x) from volumes, preprocessed exactly as inference does.
-
-    Half the tiles are centred on the brightest soft tissue in the body (where nodes and vessels lie,
-    so activations reach their real range), half at random positions inside the body box."""
+    """Network input tiles (1, C, z, y, x) at random positions inside each volume's body box,
+    preprocessed exactly as inference does."""
     rng = np.random.default_rng(seed)
     patch = np.array(session.package.patch_zyx)
     tiles = []
     for _, vol in volumes:
-        prep = session.prepare(vol)
-        if prep.image is None:
+        x = padded_input(session, vol)
+        if x is None:
             continue
-        x = prep.image
-        pad = [(0, max(0, p - s)) for p, s in zip(patch, x.shape)]
-        x = np.pad(x, pad, mode="edge") if any(p[1] for p in pad) else x
-        for k in range(per_volume):
-            hi = np.array(x.shape) - patch
+        hi = np.array(x.shape) - patch
+        for _ in range(per_volume):
             start = [int(rng.integers(0, h + 1)) for h in hi]
             tile = x[tuple(slice(a, a + p) for a, p in zip(start, patch))]
             tiles.append(np.ascontiguousarray(tile[None, None], dtype=np.float32))
@@ -123,6 +118,15 @@ def layer_errors(ref_onnx, got_onnx, tile: np.ndarray, top: int = 5) -> list:
     return ranked[:top]
 
 
+def fp32_reference(pkg: ModelPackage, volumes: list, backend: str = "onnxruntime", threads: int | None = None):
+    """An FP32 session of `pkg` holding its results on the gate volumes (`.gate_results`)."""
+    from lnrt.session import Session
+
+    ref = Session(pkg, backend=backend, device="cpu", variant="fp32", threads=threads)
+    ref.gate_results = [ref.run(vol) for _, vol in volumes]
+    return ref
+
+
 def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path) -> ModelPackage:
     manifest = json.loads(json.dumps(pkg.manifest))
     shutil.copyfile(pkg.onnx_path("fp32"), tmp / VARIANT_FILES["fp32"])
@@ -133,26 +137,31 @@ def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path
 
 
 def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: list,
-             backend: str = "onnxruntime", threads: int | None = None) -> dict:
-    """Gate `candidate` (an onnx.ModelProto) as `variant` of `pkg`; returns the report."""
+             backend: str = "onnxruntime", threads: int | None = None, reference=None) -> dict:
+    """Gate `candidate` (an onnx.ModelProto) as `variant` of `pkg`; returns the report.
+
+    `reference` is an FP32 `Session` of `pkg` (on the same backend) with `.gate_results`, the FP32
+    results of `volumes`, so gating several variants runs FP32 once; without it one is made here."""
     import onnx
 
     from lnrt.session import Session
 
     cfg = GateConfig.for_variant(variant)
+    own = reference is None
+    if own:
+        reference = fp32_reference(pkg, volumes, backend, threads)
     with tempfile.TemporaryDirectory() as tmp:
         cand = _temp_package(pkg, variant, candidate.SerializeToString(), Path(tmp))
-        ref_s = Session(cand, backend=backend, device="cpu", variant="fp32", threads=threads)
-        got_s = Session(cand, backend=backend, device="cpu", variant=variant, threads=threads)
-        per = []
-        for name, vol in volumes:
-            r = compare_results(ref_s.run(vol), got_s.run(vol))
-            r["volume"] = name
-            per.append(r)
-        tiles_report = tile_parity(ref_s.backend, got_s.backend, tiles)
-        backend_info = got_s.backend.describe()
-        ref_s.close()
-        got_s.close()
+        with Session(cand, backend=backend, device="cpu", variant=variant, threads=threads) as got_s:
+            per = []
+            for (name, vol), ref in zip(volumes, reference.gate_results):
+                r = compare_results(ref, got_s.run(vol))
+                r["volume"] = name
+                per.append(r)
+            tiles_report = tile_parity(reference.backend, got_s.backend, tiles)
+            backend_info = got_s.backend.describe()
+    if own:
+        reference.close()
     inter = sum(p["intersection"] for p in per)
     total = sum(p["total"] for p in per)
     dice = 1.0 if total == 0 else 2 * inter / total

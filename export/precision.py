@@ -144,7 +144,7 @@ def _is_data(node, pos: int) -> bool:
 
 def fp32_nodes(model) -> list:
     """Names of the compute nodes an FP16 model still runs in float32 (for the gate report)."""
-    onnx = _onnx()
+    _onnx()
     from onnx import TensorProto
 
     types = _float_types(model)

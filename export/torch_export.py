@@ -85,9 +85,6 @@ def load_module(class_path: str, kwargs: dict | None = None, weights: str | Path
     torch = _torch()
     cls = import_object(class_path)
     kwargs = dict(kwargs or {})
-    if class_path.endswith(("unet:UNet", "unet.UNet")) and "cfg" in kwargs and isinstance(kwargs["cfg"], dict):
-        from lnrt.models.unet import UNetConfig
-        kwargs["cfg"] = UNetConfig.from_dict(kwargs["cfg"])
     try:
         module = cls(**kwargs)
     except TypeError as exc:
@@ -104,22 +101,27 @@ def load_module(class_path: str, kwargs: dict | None = None, weights: str | Path
     return module.eval()
 
 
-class FirstOutput:
-    """Wraps a module so deep-supervision lists give only the full-resolution output."""
+def first_output(module, forward_axes=(0, 1, 2)):
+    """`module` in eval mode, wrapped so a deep-supervision list gives only its first (full-resolution)
+    output; with `forward_axes` other than (0, 1, 2), input patches are permuted that way before the
+    module and the output permuted back (a model trained on transposed axes takes (z, y, x) patches)."""
+    torch = _torch()
+    fwd = [int(a) for a in forward_axes]
+    back = [fwd.index(a) for a in range(3)]
 
-    def __new__(cls, module):
-        torch = _torch()
+    class FirstOutput(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
 
-        class _First(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
+        def forward(self, x):
+            if fwd != [0, 1, 2]:
+                x = x.permute(0, 1, *[2 + a for a in fwd])
+            y = self.inner(x)
+            y = y[0] if isinstance(y, (list, tuple)) else y
+            return y if fwd == [0, 1, 2] else y.permute(0, 1, *[2 + a for a in back])
 
-            def forward(self, x):
-                y = self.inner(x)
-                return y[0] if isinstance(y, (list, tuple)) else y
-
-        return _First(module).eval()
+    return FirstOutput(module.eval()).eval()
 
 
 def simplify(model):
@@ -138,7 +140,7 @@ def export_module(module, patch, in_channels: int = 1, probe: list | None = None
 
     if len(patch) != 3 or any(int(p) < 1 for p in patch):
         raise LnrtError(f"patch {patch}: expected three positive integers (z, y, x)")
-    net = FirstOutput(module.eval())
+    net = first_output(module)
     buf = io.BytesIO()
     dummy = torch.zeros(1, in_channels, *[int(p) for p in patch])
     with torch.no_grad():

@@ -56,15 +56,13 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
     """Build, gate and write precision variants into a package folder; returns {variant: report}."""
     import onnx
 
-    from lnrt.session import Session
-
     bad = [v for v in variants if v not in BUILDABLE]
     if bad:
         raise LnrtError(f"cannot build variant {bad[0]!r}; expected one of {', '.join(BUILDABLE)}")
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
     fp32 = onnx.load(str(pkg.onnx_path("fp32")))
-    session = Session(pkg, backend="onnxruntime", device="cpu", threads=threads)
     volumes = gates.gate_volumes(n_gate)
+    session = gates.fp32_reference(pkg, volumes, threads=threads)  # FP32 runs once for every variant
     check_tiles = gates.calibration_tiles(session, volumes[:1], per_volume=2, seed=1)
     reports = {}
     for variant in variants:
@@ -82,7 +80,7 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
                                      "input_layer": "kept in float32",
                                      "activations": "int8 symmetric per tensor",
                                      "weights": "int8 symmetric per channel"}}
-        report = gates.run_gate(pkg, variant, candidate, volumes, check_tiles, threads=threads)
+        report = gates.run_gate(pkg, variant, candidate, volumes, check_tiles, threads=threads, reference=session)
         report.update(extra, keep=list(keep), gate_volumes=[n for n, _ in volumes])
         reports[variant] = report
         report["written"] = bool(report["passed"] or force)

@@ -73,8 +73,9 @@ class ConvBlock(nn.Sequential):
 
 
 class UNet(nn.Module):
-    def __init__(self, cfg: UNetConfig):
+    def __init__(self, cfg: UNetConfig | dict):
         super().__init__()
+        cfg = UNetConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
         self.cfg = cfg
         f = cfg.features
         self.encoder = nn.ModuleList()

@@ -111,7 +111,6 @@ def stats(values) -> dict:
 def bench(scan=None, synthetic: str | None = None, model=None, backend: str = "auto", variant: str = "fp32",
           repeat: int = 3, warmup: int = 1, threads: int | None = None, batch_size: int | None = None,
           progress=None) -> dict:
-    from .imageio import read_scan
     from .session import Session
 
     if (scan is None) == (synthetic is None):
@@ -120,7 +119,6 @@ def bench(scan=None, synthetic: str | None = None, model=None, backend: str = "a
         raise LnrtError(f"--repeat {repeat} --warmup {warmup}: expected repeat >= 1 and warmup >= 0")
     with tempfile.TemporaryDirectory(prefix="lnrt-bench-") as tmp:
         path = synthetic_scan(parse_size(synthetic), out_dir=Path(tmp)) if synthetic else Path(scan)
-        vol, _ = read_scan(path)
         runs = []
         with Session(model, backend=backend, variant=variant, threads=threads, batch_size=batch_size) as s:
             for i in range(warmup + repeat):
@@ -130,6 +128,7 @@ def bench(scan=None, synthetic: str | None = None, model=None, backend: str = "a
                 wall = time.perf_counter() - t0
                 if progress:
                     progress(i + 1, warmup + repeat, wall)
+                vol = res.geometry  # the scan as read, for its size and spacing
                 if i >= warmup:
                     runs.append({"end_to_end": wall, "tiles": res.settings.get("tiles", 0),
                                  "nodes": len(res.nodes), **{k: res.timings.get(k, 0.0) for k in STAGES}})

@@ -61,25 +61,27 @@ def tile_parity(ref_backend, got_backend, tiles: list) -> dict:
     return {"max_abs_logit_diff": err, "argmax_agreement": agree / max(n, 1)}
 
 
-def _tiles(session, vol, n: int = 2) -> list:
+def padded_input(session, vol) -> np.ndarray | None:
+    """The network's normalized model-grid input for `vol`, edge-padded to at least one patch."""
     prep = session.prepare(vol)
     if prep.image is None:
-        return []
-    patch = np.array(session.package.patch_zyx)
+        return None
     x = prep.image
-    pad = [(0, max(0, p - s)) for p, s in zip(patch, x.shape)]
-    x = np.pad(x, pad, mode="edge") if any(p[1] for p in pad) else x
+    pad = [(0, max(0, p - s)) for p, s in zip(session.package.patch_zyx, x.shape)]
+    return np.pad(x, pad, mode="edge") if any(p[1] for p in pad) else x
+
+
+def _tiles(session, vol, n: int = 2) -> list:
+    x = padded_input(session, vol)
+    if x is None:
+        return []
+    patch = session.package.patch_zyx
     out = []
     for k in range(n):  # tiles spread along the main diagonal of the body box
         frac = (k + 1) / (n + 1)
         start = [int(frac * (s - p)) for s, p in zip(x.shape, patch)]
         out.append(np.ascontiguousarray(x[tuple(slice(a, a + p) for a, p in zip(start, patch))][None, None]))
     return out
-
-
-def available_backends() -> list:
-    from .backends import available
-    return available()
 
 
 def compare(model, scan, variants=None, backends=None, threads: int | None = None) -> dict:
@@ -91,7 +93,9 @@ def compare(model, scan, variants=None, backends=None, threads: int | None = Non
     pkg = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
     vol, info = read_scan(scan) if not hasattr(scan, "array") else (scan, None)
     variants = list(variants or pkg.variants())
-    backends = list(backends or available_backends())
+    from .backends import available
+
+    backends = list(backends or available())
     for v in variants:
         pkg.onnx_path("fp32" if v == "bf16" else v)  # clear error for a variant the package lacks
     ref = Session(pkg, backend="onnxruntime", device="cpu", variant="fp32", threads=threads)

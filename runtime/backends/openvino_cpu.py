@@ -4,8 +4,8 @@ The precision hint is always set explicitly (DESIGN.md): OpenVINO's CPU default 
 that have it, which changes the numerics. `f32` runs the fp32, fp16 and int8 variants as their ONNX
 files say (an int8 Q/DQ model still runs its quantized layers in int8); `bf16` is its own variant
 (the fp32 file with the bf16 hint) and is refused on CPUs without bf16 support. Measured on this
-project's 2-core AMD EPYC VM per 48x96x96 tile of the default model: ONNX Runtime 0.33 s, OpenVINO f32
-0.15 s.
+project's 2-core AMD EPYC VM per 48x96x96 tile of the default model: ONNX Runtime 0.273 s, OpenVINO
+f32 0.161 s (benchmarks/results/vm-2026-11-22-variant-speed.json).
 """
 from __future__ import annotations
 
