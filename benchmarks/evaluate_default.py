@@ -1,12 +1,16 @@
 """Held-out evaluation of a model package on generated neck phantoms (issue: the default model).
 
-    python benchmarks/evaluate_default.py [--model PKG] [--scans 16] [--seed0 20000]
+    python benchmarks/evaluate_default.py [--model PKG] [--scans 16] [--seed0 20000] [--kind neck]
 
 Each phantom comes from a seed never used in training (training 1000+, validation 9000+) and is
 rendered at a random in-plane spacing (0.4-1.0 mm) and slice thickness (0.6-3.0 mm), stored in a random
 axis-aligned direction with a random origin, written as NIfTI, run through `lnrt.Session` exactly as
 `lnrt infer` does, and scored with `lnrt.evaluate` against its exact instance truth. Writes
 `benchmarks/results/<host>-<date>-model-eval.json` and prints the metrics table.
+
+`--kind context` adds the head above and the shoulders and lung apices below each neck (unlabelled);
+`--kind abdomen` scores abdomens with no nodes (every detection is a false positive). Both measure
+false positives on anatomy beyond the neck; their results are written as `model-eval-<kind>.json`.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--scans", type=int, default=16)
     ap.add_argument("--seed0", type=int, default=20000)
+    ap.add_argument("--kind", choices=("neck", "context", "abdomen"), default="neck")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     session = lnrt.Session(args.model)
@@ -40,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.scans):
             seed = args.seed0 + i
-            ct, truth, spec = random_scan(seed)
+            ct, truth, spec = random_scan(seed, kind=args.kind)
             path = Path(tmp) / f"phantom_{seed}.nii.gz"
             sitk.WriteImage(to_sitk(ct), str(path), useCompression=True)
             res = session.run(path)
@@ -53,9 +58,10 @@ def main() -> None:
                   f"Dice {r['dice']:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     result = {"schema": "lnrt.evaluation/1", "benchmark": "model_eval", "date": dt.date.today().isoformat(),
               "machine": {"host": platform.node(), "python": platform.python_version()},
-              "model": session.model_info(), "summary": summarize(scans), "scans": scans, "phantoms": settings}
+              "kind": args.kind, "model": session.model_info(), "summary": summarize(scans), "scans": scans, "phantoms": settings}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{platform.node() or 'host'}-{result['date']}-model-eval.json"
+    suffix = "" if args.kind == "neck" else f"-{args.kind}"
+    name = f"{platform.node() or 'host'}-{result['date']}-model-eval{suffix}.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
     print(f"wrote {args.out / name}")

@@ -245,13 +245,19 @@ def _blur_axis(vol, sigma, axis):
     return out
 
 
-def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), pad_z=0.0):
+def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), pad_z=0.0, context=None):
     """(hu float32 (z, y, x), instance labels uint16) at the given spacing; voxel (0,0,0) at
-    (x, y, z) = (-fov_x/2, -fov_y/2, -pad_z) mm in the phantom frame (returned as origin_xyz)."""
+    (x, y, z) = (-fov_x/2, -fov_y/2, -pad_z) mm in the phantom frame (returned as origin_xyz).
+
+    `context` (a `lnrt.models.context.Context`) adds the shoulders and chest below and the head above
+    the neck, unlabelled, and widens the field of view to hold them (pad_z is then ignored)."""
     sz, sy, sx = spacing_zyx
-    nz = int(round((spec.height + 2 * pad_z) / sz))
+    below, above = (context.below, context.above) if context is not None else (pad_z, pad_z)
+    if context is not None:
+        fov_xy = tuple(max(a, b) for a, b in zip(fov_xy, context.fov))
+    nz = int(round((spec.height + below + above) / sz))
     ny, nx = int(round(fov_xy[1] / sy)), int(round(fov_xy[0] / sx))
-    origin = (-fov_xy[0] / 2, -fov_xy[1] / 2, -pad_z)
+    origin = (-fov_xy[0] / 2, -fov_xy[1] / 2, -below)
     xs = origin[0] + np.arange(nx) * sx
     ys = origin[1] + np.arange(ny) * sy
     X, Y = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
@@ -263,7 +269,12 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
         z = origin[2] + k * sz
         t = z / H
         s = np.full((ny, nx), -1000.0, np.float32)
-        if 0 <= z <= H:
+        if context is not None and not 0 <= z <= H:
+            from .context import Canvas, paint_context
+            body = paint_context(Canvas(xs.astype(np.float32), ys.astype(np.float32), s), context, spec, z)
+            if body is not None:
+                s[~body] = -1000.0
+        elif 0 <= z <= H:
             body = _ellipse(X, Y, 0, 0, spec.rx * (1 - 0.1 * t), spec.ry)
             s[body <= 1] = 30.0
             s[_ellipse(X, Y, 0, 0, spec.rx * (1 - 0.1 * t) - 2, spec.ry - 2) <= 1] = spec.fat_hu
@@ -313,15 +324,29 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
                     rr = np.hypot(X - cx, Y - cy)
                     s += (amp * np.cos(nrays * (theta - ang0)) * np.exp(-rr / 60.0)).astype(np.float32) * (body <= 1)
         hu[k] = s
-    if spec.blur:
-        # blur is set in mm-equivalent voxels of a 1 x 1 x 2 mm grid, so it is the same physical blur
-        # at any rendering spacing
-        bxy = spec.blur_sigma[0] * 1.0 / min(sy, sx)
-        bz = spec.blur_sigma[1] * 2.0 / sz
+    if context is not None:  # textured soft tissue beyond the neck (the neck itself is unchanged)
+        from .context import marble
+        zs = origin[2] + np.arange(nz) * sz
+        outside = np.flatnonzero((zs < 0) | (zs > H))
+        for run in np.split(outside, np.flatnonzero(np.diff(outside) > 1) + 1):
+            if len(run):
+                marble(hu, spacing_zyx, context.texture, np.random.default_rng(spec.seed + 9_000_001 + int(run[0])),
+                       rows=slice(int(run[0]), int(run[-1]) + 1))
+    return imaging(hu, spacing_zyx, spec.blur_sigma if spec.blur else None, spec.noise, rng), labels, origin
+
+
+def imaging(hu, spacing_zyx, blur_sigma, noise, rng):
+    """Partial-volume blur, then Gaussian noise, in place where possible. blur_sigma (in-plane, along z)
+    is in voxels of a 1 x 1 x 2 mm grid, so the physical blur is the same at any rendering spacing;
+    None means no blur."""
+    sz, sy, sx = spacing_zyx
+    if blur_sigma is not None:
+        bxy = blur_sigma[0] * 1.0 / min(sy, sx)
+        bz = blur_sigma[1] * 2.0 / sz
         hu = _blur_axis(_blur_axis(_blur_axis(hu, bxy, 2), bxy, 1), bz, 0)
-    for k in range(nz):
-        hu[k] += rng.normal(0, spec.noise, (ny, nx)).astype(np.float32)
-    return hu, labels, origin
+    for k in range(hu.shape[0]):
+        hu[k] += rng.normal(0, noise, hu.shape[1:]).astype(np.float32)
+    return hu
 
 
 def truth_table(spec: NeckSpec) -> list:
@@ -332,19 +357,30 @@ def truth_table(spec: NeckSpec) -> list:
             for i, n in enumerate(spec.nodes, start=1)]
 
 
-def random_scan(seed: int, in_plane=(0.4, 1.0), slices=(0.6, 3.0)):
+def random_scan(seed: int, in_plane=(0.4, 1.0), slices=(0.6, 3.0), kind: str = "neck"):
     """A phantom as a scanner would store it: (ct Volume int16, truth Volume uint16, spec).
 
     Random in-plane spacing and slice thickness, a random axis-aligned storage direction (any of the
     48 signed axis permutations: LPS, RAS, coronal or sagittal stacks...) and a random origin.
+    kind: "neck" (the neck alone), "context" (the neck with the head above and the shoulders and lung
+    apices below, `lnrt.models.context`) or "abdomen" (no nodes at all; spec is then an AbdomenSpec).
     """
     from lnrt.volume import stored_as
+
+    from .context import make_abdomen, make_context, render_abdomen
 
     rng = np.random.default_rng(seed + 7_000_001)
     px = float(rng.uniform(*in_plane))
     sp = (float(rng.uniform(*slices)), px, px)
-    spec = make_spec(seed)
-    hu, labels, origin = render(spec, sp)  # the body spans every slice, as in a patient scan
+    if kind == "abdomen":
+        spec = make_abdomen(seed)
+        hu, labels, origin = render_abdomen(spec, sp)
+    elif kind in ("neck", "context"):
+        spec = make_spec(seed)
+        ctx = make_context(spec, seed, p_below=1.0, p_above=1.0) if kind == "context" else None
+        hu, labels, origin = render(spec, sp, context=ctx)  # the body spans every slice, as in a patient scan
+    else:
+        raise ValueError(f"unknown phantom kind {kind!r}: expected neck, context or abdomen")
     perm = rng.permutation(3)
     direction = np.zeros((3, 3))
     for i, (p, sign) in enumerate(zip(perm, rng.choice([-1.0, 1.0], 3))):

@@ -37,18 +37,47 @@ def normalize(hu: np.ndarray) -> np.ndarray:
     return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
+def coarsen(hu: np.ndarray, in_plane: float, thickness: float) -> np.ndarray:
+    """A scan acquired at `in_plane` x `thickness` mm voxels (box-averaged from the SPACING grid), then
+    resampled back onto that grid with linear interpolation, as `lnrt infer` resamples a coarse scan:
+    the blocky, blurred look of 4 mm radiotherapy planning CTs."""
+    x = torch.from_numpy(np.ascontiguousarray(hu))[None, None]
+    small = [max(2, int(round(n * s / f))) for n, s, f in zip(hu.shape, SPACING, (thickness, in_plane, in_plane))]
+    x = F.interpolate(F.interpolate(x, size=small, mode="area"), size=hu.shape, mode="trilinear",
+                      align_corners=False)
+    return x[0, 0].numpy()
+
+
+# How the training pool is made, one phantom at a time (shares of the pool, drawn at random):
+# - ABDOMEN: an abdomen with no nodes (wrong-region negatives: bowel, kidneys, liver, pelvis);
+# - CONTEXT: a neck with the head above and the shoulders and lung apices below, unlabelled;
+# - the rest: the neck alone, one in three blanked to air above and below a slab, as radiotherapy
+#   planning CTs often are (the body then ends in a flat cut face the network must not call a node);
+# - COARSE (of any kind): acquired at 1.5-4.5 mm in-plane and 2-5 mm slices, then resampled up.
+MIX = {"abdomen": 0.15, "context": 0.45, "coarse": 0.3}
+
+
 class PhantomPool:
-    def __init__(self, size: int, seed0: int, rng: np.random.Generator):
+    def __init__(self, size: int, seed0: int, rng: np.random.Generator, mix: dict | None = None):
         self.seed0, self.rng, self.next = seed0, rng, 0
+        self.mix = {"abdomen": 0.0, "context": 0.0, "coarse": 0.0} if mix is None else mix
         self.items = [self._make() for _ in range(size)]
 
     def _make(self):
+        from .context import make_abdomen, make_context, render_abdomen
         seed = self.seed0 + self.next
         self.next += 1
-        # one phantom in three is blanked to air above and below a slab, as radiotherapy planning CTs
-        # often are: the body then ends in a flat cut face that the network must not call a node
-        pad = float(self.rng.uniform(6, 30)) if self.rng.random() < 1 / 3 else 0.0
-        hu, labels, _ = render(make_spec(seed), SPACING, pad_z=pad)
+        u = self.rng.random()
+        if u < self.mix["abdomen"]:
+            hu, labels, _ = render_abdomen(make_abdomen(seed), SPACING)
+        elif u < self.mix["abdomen"] + self.mix["context"]:
+            spec = make_spec(seed)
+            hu, labels, _ = render(spec, SPACING, context=make_context(spec, seed))
+        else:
+            pad = float(self.rng.uniform(6, 30)) if self.rng.random() < 1 / 3 else 0.0
+            hu, labels, _ = render(make_spec(seed), SPACING, pad_z=pad)
+        if self.rng.random() < self.mix["coarse"]:
+            hu = coarsen(hu, float(self.rng.uniform(1.5, 4.5)), float(self.rng.uniform(2.0, 5.0)))
         nodes = np.argwhere(labels > 0)
         body = np.argwhere(hu[:, ::8, ::8] > -500) * np.array([1, 8, 8])
         return hu, labels, nodes, body
@@ -143,7 +172,8 @@ def train(args):
         rng = np.random.default_rng(args.seed + start)
         torch.manual_seed(args.seed + start)
     (out / "config.json").write_text(json.dumps({"unet": cfg.to_dict(), "args": vars(args)}, indent=2))
-    pool = PhantomPool(args.pool, TRAIN_SEED0 + 100_000 * (start // 100_000) + start, rng)
+    mix = dict(zip(("abdomen", "context", "coarse"), getattr(args, "mix", (0.0, 0.0, 0.0))))
+    pool = PhantomPool(args.pool, TRAIN_SEED0 + 100_000 * (start // 100_000) + start, rng, mix)
     val = [render(make_spec(VAL_SEED0 + i), SPACING)[:2] for i in range(args.val_count)]
     log = open(out / "train_log.jsonl", "a")
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -200,6 +230,9 @@ def main():
     ap.add_argument("--init", default=None, help="fine-tune from this weights file (e.g. models/edge_weights.pt)")
     ap.add_argument("--act-noise", action="store_true",
                     help="int8-step activation noise while training (quantization-aware fine-tuning)")
+    ap.add_argument("--mix", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("ABDOMEN", "CONTEXT", "COARSE"),
+                    help="shares of abdomen phantoms, necks with head and shoulders, and coarse scans in the "
+                         f"pool (0 0 0: the neck alone; the default model's last phase used {' '.join(map(str, MIX.values()))})")
     ap.add_argument("--package", default=None, help="after training, write a model package here")
     ap.add_argument("--package-only", action="store_true", help="package the checkpoint, no training")
     args = ap.parse_args()

@@ -144,6 +144,36 @@ def test_training_runs_resumes_and_packages(tmp_path):
     assert state["iteration"] == 6
 
 
+def test_coarsen_blurs_like_a_coarse_scan_resampled_up():
+    from lnrt.models.train import SPACING, coarsen
+
+    rng = np.random.default_rng(0)
+    hu = np.full((24, 64, 64), -100.0, np.float32)
+    hu[:, 20:44, 20:44] = 50.0  # a 24 mm soft-tissue block in fat
+    noisy = hu + rng.normal(0, 20, hu.shape).astype(np.float32)
+    out = coarsen(noisy, 4.0, 4.0)
+    assert out.shape == hu.shape and out.dtype == np.float32
+    assert abs(out.mean() - noisy.mean()) < 2.0  # area averaging keeps the mean density
+    assert out[:, 50:62, 50:62].std() < 0.5 * noisy[:, 50:62, 50:62].std()  # noise averaged away
+    edge = out[12, 32, 14:26]  # the block's edge spreads over about one coarse voxel
+    assert np.sum((edge > -80) & (edge < 30)) >= 2
+    assert SPACING == (2.0, 1.0, 1.0)
+
+
+def test_phantom_pool_mixes_abdomens_and_context_as_asked():
+    from lnrt.models.train import PhantomPool
+
+    rng = np.random.default_rng(3)
+    abd = PhantomPool(2, 1000, rng, {"abdomen": 1.0, "context": 0.0, "coarse": 0.0})
+    assert all(len(nodes) == 0 for _, _, nodes, _ in abd.items)  # abdomens have no neck nodes
+    x, y = abd.sample((16, 32, 32), node_fraction=1.0)  # falls back to body patches
+    assert x.shape == (16, 32, 32) and not y.any()
+    ctx = PhantomPool(1, 1000, rng, {"abdomen": 0.0, "context": 1.0, "coarse": 1.0})
+    plain = PhantomPool(1, 1000, rng)
+    assert ctx.items[0][0].shape[2] > plain.items[0][0].shape[2]  # shoulders or head widen the field
+    assert len(ctx.items[0][2]) > 0  # the neck keeps its nodes
+
+
 def test_activation_noise_acts_only_in_training():
     from lnrt.models.train import add_activation_noise
     from lnrt.models.unet import EDGE, UNet
