@@ -167,6 +167,8 @@ class Context:
     cortex_hu: float
     lung_hu: float
     texture: float = 0.0  # soft-tissue texture, HU standard deviation (see `marble`)
+    couch_y: float = 0.0  # y (mm, posterior) of the couch top under the patient; 0: no couch drawn
+    mask_hu: float = 0.0  # thermoplastic immobilisation mask over the face, neck and shoulders; 0: none
     lung_vessels: list = field(default_factory=list)
     ribs: list = field(default_factory=list)  # z (mm, negative) of each rib level
     teeth_streaks: bool = False
@@ -175,7 +177,8 @@ class Context:
     def fov(self) -> tuple:
         """(x, y) field of view in mm that holds the widest part, shoulders or head."""
         rx = max(self.torso[0] if self.below else 0, self.head[0] if self.above else 0, 75.0)
-        ry = max(self.torso[1] if self.below else 0, self.head[1] + 10 if self.above else 0, 65.0)
+        ry = max(self.torso[1] + 10 if self.below else 0, self.head[1] + 10 if self.above else 0, 65.0,
+                 self.couch_y + 30 if self.couch_y else 0)
         return (2 * rx + 16, 2 * ry + 16)
 
 
@@ -191,6 +194,10 @@ def make_context(neck, seed: int, below=(30.0, 130.0), above=(30.0, 150.0), p_be
                   brain_hu=float(rng.uniform(25, 40)), marrow_hu=float(rng.uniform(100, 300)),
                   cortex_hu=float(rng.uniform(800, 1100)), lung_hu=float(rng.uniform(-880, -800)),
                   teeth_streaks=bool(rng.random() < 0.5), texture=float(rng.uniform(6, 30)))
+    if rng.random() < 0.6:  # a radiotherapy planning CT: the patient lies on a flat couch, often masked
+        back = max(neck.ry, 10 + ctx.torso[1] if ctx.below else 0, ctx.head[1] - 5 if ctx.above else 0)
+        ctx.couch_y = float(back + rng.uniform(1, 15))
+        ctx.mask_hu = float(rng.uniform(100, 300)) if rng.random() < 0.6 else 0.0
     if ctx.below:
         for _ in range(int(rng.integers(14, 30))):  # lung vessels: branching reduced to many tubes
             side = rng.choice([-1, 1])
@@ -331,6 +338,45 @@ def _shoulders(c: Canvas, ctx: Context, neck, v: float):
     return body
 
 
+def _dilate(m: np.ndarray, steps: int) -> np.ndarray:
+    out = m.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def couch(c: Canvas, y0: float, hu_shell: float = 300.0):
+    """The CT couch below the patient: two thin carbon-fibre shells around a foam core (-900..-700 HU),
+    a flat, straight edge of dense material that a network must not mistake for anatomy."""
+    Y = c.ys[:, None]
+    rows = np.broadcast_to(Y, c.s.shape)
+    c.s[(rows >= y0) & (rows < y0 + 2.5)] = hu_shell
+    c.s[(rows >= y0 + 2.5) & (rows < y0 + 27.5)] = -800.0
+    c.s[(rows >= y0 + 27.5) & (rows < y0 + 30)] = hu_shell
+
+
+def planning_setup(c: Canvas, ctx: Context, z: float, body: np.ndarray | None, z_top: float):
+    """Radiotherapy planning accessories around slice z (after the body is drawn): the couch, and the
+    perforated thermoplastic mask (1.5-2 mm of 100-300 HU, a few mm off the skin over the front of the
+    head, neck and shoulders): thin dense shells right next to soft tissue."""
+    if not ctx.couch_y:
+        return
+    if ctx.mask_hu and body is not None and body.any() and -40 < z < z_top:
+        px = c.dx
+        near, far = _dilate(body, max(1, int(round(2.0 / px)))), _dilate(body, max(2, int(round(4.0 / px))))
+        centre_y = c.ys[np.flatnonzero(body.any(axis=1))].mean()
+        X, Y = np.meshgrid(c.xs, c.ys)
+        holes = np.cos(2 * np.pi * X / 7.0) * np.cos(2 * np.pi * z / 7.0) > 0.4
+        shell = far & ~near & (Y < centre_y + 10) & ~holes
+        c.s[shell & (c.s < -500)] = ctx.mask_hu
+    couch(c, ctx.couch_y)
+
+
 def paint_context(c: Canvas, ctx: Context, neck, z: float):
     """Paint the context anatomy for height z (mm, phantom frame) if z lies outside the neck; returns the
     body mask of that slice, or None where z is inside the neck or beyond the context."""
@@ -358,6 +404,7 @@ class AbdomenSpec:
     blur_sigma: tuple
     pelvis: bool
     texture: float = 0.0
+    couch_y: float = 0.0
     bowel: list = field(default_factory=list)
     vessels: list = field(default_factory=list)
 
@@ -372,6 +419,8 @@ def make_abdomen(seed: int) -> AbdomenSpec:
                        marrow_hu=float(rng.uniform(120, 300)), noise=float(rng.uniform(5, 25)),
                        blur_sigma=(float(rng.uniform(0.4, 1.6)), float(rng.uniform(0.3, 1.0))),
                        pelvis=bool(rng.random() < 0.4), texture=float(rng.uniform(6, 30)))
+    if rng.random() < 0.7:
+        spec.couch_y = spec.ry + float(rng.uniform(1, 10))
     inner = ((-spec.rx + spec.wall + 25, spec.rx - spec.wall - 25), (-spec.ry + spec.wall + 15, spec.ry - 70),
              (0, spec.height))
     for _ in range(int(rng.integers(8, 17))):
@@ -429,6 +478,10 @@ def _abdomen_slice(c: Canvas, spec: AbdomenSpec, z: float):
             _bone(c, side * 0.6 * rx, spine_y - 10, 12, 45, 900.0, spec.marrow_hu, side * 0.9)
             c.ellipse(side * 0.6 * rx + side * 20, spine_y + 10, 25, 35, m, side * 0.9)  # gluteal
         c.ellipse(0, -0.3 * ry, 45, 35, 10.0)  # bladder
+        c.ellipse(0, spine_y - 35, 18, 14, spec.muscle_hu - 5)  # rectum / uterus
+        for side in (-1, 1):  # external iliac artery and vein along the pelvic side wall
+            c.ellipse(side * 0.45 * rx, spine_y - 40, 5, 5, art)
+            c.ellipse(side * 0.45 * rx + side * 4, spine_y - 30, 6.5, 5.5, 160.0 if spec.enhanced else 40.0)
     for side in (-1, 1):
         c.ellipse(side * 30, spine_y - 12, 10 + 12 * (1 - t), 12 + 8 * (1 - t), m)  # psoas
         c.ellipse(side * 25, spine_y + 32, 20, 16, m)  # paraspinal
@@ -449,7 +502,7 @@ def render_abdomen(spec: AbdomenSpec, spacing_zyx=(2.0, 1.0, 1.0)):
     """(hu float32 (z, y, x), labels uint16 all zero: no neck nodes here, origin_xyz) of an abdomen."""
     from .neck import imaging
     sz, sy, sx = spacing_zyx
-    fov = (2 * spec.rx + 16, 2 * spec.ry + 16)
+    fov = (2 * spec.rx + 16, 2 * (spec.couch_y + 30 if spec.couch_y else spec.ry) + 16)
     nz, ny, nx = int(round(spec.height / sz)), int(round(fov[1] / sy)), int(round(fov[0] / sx))
     origin = (-fov[0] / 2, -fov[1] / 2, 0.0)
     xs = (origin[0] + np.arange(nx) * sx).astype(np.float32)
@@ -459,6 +512,8 @@ def render_abdomen(spec: AbdomenSpec, spacing_zyx=(2.0, 1.0, 1.0)):
         s = np.full((ny, nx), -1000.0, np.float32)
         body = _abdomen_slice(Canvas(xs, ys, s), spec, k * sz)
         s[~body] = -1000.0
+        if spec.couch_y:
+            couch(Canvas(xs, ys, s), spec.couch_y)
         hu[k] = s
     marble(hu, spacing_zyx, spec.texture, np.random.default_rng(spec.seed + 9_000_001))
     hu = imaging(hu, spacing_zyx, spec.blur_sigma, spec.noise, np.random.default_rng(spec.seed + 1_000_003))

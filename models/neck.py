@@ -323,6 +323,10 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
                     theta = np.arctan2(Y - cy, X - cx)
                     rr = np.hypot(X - cx, Y - cy)
                     s += (amp * np.cos(nrays * (theta - ang0)) * np.exp(-rr / 60.0)).astype(np.float32) * (body <= 1)
+        if context is not None and context.couch_y:
+            from .context import Canvas, planning_setup
+            mask = (body <= 1) if 0 <= z <= H else body
+            planning_setup(Canvas(xs.astype(np.float32), ys.astype(np.float32), s), context, z, mask, H + 60)
         hu[k] = s
     if context is not None:  # textured soft tissue beyond the neck (the neck itself is unchanged)
         from .context import marble

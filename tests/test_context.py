@@ -110,3 +110,24 @@ def test_marble_textures_soft_tissue_only():
     # smooth, not white: neighbouring voxels are strongly correlated
     d = np.diff(soft, axis=2)
     assert d.std() < 0.6 * soft.std()
+
+
+def test_planning_ct_couch_and_mask_sit_outside_the_body():
+    spec = make_spec(34)
+    spec.noise, spec.blur = 0.0, False
+    ctx = dataclasses.replace(make_context(spec, 34), below=20.0, above=20.0, couch_y=140.0, mask_hu=200.0)
+    hu, labels, origin = render(spec, SP, context=ctx)
+    ys = origin[1] + np.arange(hu.shape[1]) * SP[1]
+    k = hu.shape[0] // 2  # a neck slice
+    shell = ys >= 140.0
+    first = np.flatnonzero(shell)[0]
+    assert (hu[:, first] == 300.0).all()  # the couch's top shell spans every slice, full width
+    assert (hu[k][(ys > 145) & (ys < 165)] == -800.0).all()  # its foam core
+    mask = np.abs(hu[k] - 200.0) < 1
+    assert mask.sum() > 20  # the thermoplastic mask...
+    from lnrt.models.context import _dilate
+    body = (hu[k] > -500) & ~mask
+    body[ys >= 140.0] = False  # the couch is not the patient
+    assert (mask & _dilate(body, 3)).any()  # the mask lies a few mm off the skin...
+    assert not (mask & _dilate(body, 0)).any()  # ...never inside the body
+    assert labels.max() > 0 and not labels[:, ys >= 140.0].any()
