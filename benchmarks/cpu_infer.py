@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lnrt.bench import cpu_model
+from lnrt.bench import machine_info, synthetic_scan
 
 
 def run_once(scan: Path, out: Path, model: str | None = None, extra_args=()) -> dict:
@@ -55,7 +53,6 @@ def main() -> None:
     ap.add_argument("--backend", default=None, help="passed to lnrt infer (default: its automatic choice)")
     ap.add_argument("--variant", default=None, help="passed to lnrt infer (default: fp32)")
     args = ap.parse_args()
-    from lnrt.bench import synthetic_scan
     from lnrt.models.neck import make_spec
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,8 +66,7 @@ def main() -> None:
     median = {k: round(float(np.median([r["stages_s"].get(k, 0.0) for r in runs])), 3) for k in stages}
     result = {
         "benchmark": "cpu_infer", "date": dt.date.today().isoformat(),
-        "machine": {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": machine_info(),
         "scan": {"shape_zyx": list(args.shape), "spacing_zyx_mm": list(args.spacing),
                  "file_mb": round(file_mb, 1), "true_nodes": len(nodes)},
         "median_stages_s": median, "median_wall_s": round(float(np.median([r["wall_s"] for r in runs])), 3),
@@ -79,7 +75,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     engine = runs[0]["model"]
     tag = f"-{engine['backend']}-{engine.get('variant', 'fp32')}" if (args.backend or args.variant) else ""
-    name = f"{platform.node() or 'host'}-{result['date']}-cpu-infer{tag}.json"
+    name = f"{result['machine']['host']}-{result['date']}-cpu-infer{tag}.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("median_stages_s", "median_wall_s", "max_peak_rss_mb")}, indent=2))
     print(f"wrote {args.out / name}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 import lnrt
+from lnrt.bench import machine_info
 from lnrt.evaluate import evaluate_scan, format_table, summarize
 from lnrt.imageio import to_sitk
 from lnrt.models.neck import random_scan
@@ -60,11 +60,11 @@ def main() -> None:
             print(f"{r['name']}: {r['true_nodes']} nodes, found {r['detected']}, FP {r['false_positives']}, "
                   f"Dice {r['dice']:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     result = {"schema": "lnrt.evaluation/1", "benchmark": "model_eval", "date": dt.date.today().isoformat(),
-              "machine": {"host": platform.node(), "python": platform.python_version()},
+              "machine": machine_info(),
               "kind": args.kind, "model": session.model_info(), "summary": summarize(scans), "scans": scans, "phantoms": settings}
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.kind == "neck" else f"-{args.kind}"
-    name = f"{platform.node() or 'host'}-{result['date']}-model-eval{suffix}.json"
+    name = f"{result['machine']['host']}-{result['date']}-model-eval{suffix}.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
     print(f"wrote {args.out / name}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 import lnrt
+from lnrt.bench import machine_info
 
 
 def main() -> None:
@@ -50,9 +50,9 @@ def main() -> None:
         print(f"{row['scan']:<45} nodes {row['nodes']:>3}  {row.get('nodes_touching_ptv', '-'):>3} in PTV  "
               f"largest short axes {row['short_axes_mm'][:5]}  ({row['seconds']} s)", flush=True)
     result = {"benchmark": "real_ct_behaviour", "date": dt.date.today().isoformat(),
-              "machine": {"host": platform.node()}, "model": session.model_info(), "scans": rows}
+              "machine": machine_info(), "model": session.model_info(), "scans": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{platform.node() or 'host'}-{result['date']}-real-ct.json"
+    name = f"{result['machine']['host']}-{result['date']}-real-ct.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out / name}")
 

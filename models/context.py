@@ -32,8 +32,11 @@ change with z as a real tube's do. Every shape is analytic in millimetres; the g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
+
+from .neck import _blur_axis, _ellipse, imaging
 
 
 # ---------------------------------------------------------------------------------------------- painting
@@ -51,6 +54,11 @@ class Canvas:
         j1 = min(len(self.ys), int(np.ceil((cy + r - self.ys[0]) / self.dy)) + 1)
         return j0, j1, i0, i1
 
+    @cached_property
+    def grid(self) -> tuple:
+        """(X, Y) mm coordinates of every pixel of the slice."""
+        return np.meshgrid(self.xs, self.ys)
+
     def ellipse(self, cx, cy, a, b, value, ang=0.0, within=None):
         """Paint value inside the ellipse; `within` (a full-slice bool mask) limits where it paints."""
         if a <= 0 or b <= 0:
@@ -58,22 +66,15 @@ class Canvas:
         j0, j1, i0, i1 = self._box(cx, cy, max(a, b))
         if j0 >= j1 or i0 >= i1:
             return
-        X, Y = np.meshgrid(self.xs[i0:i1], self.ys[j0:j1])
-        ca, sa = np.cos(ang), np.sin(ang)
-        u = (X - cx) * ca + (Y - cy) * sa
-        v = -(X - cx) * sa + (Y - cy) * ca
-        m = (u / a) ** 2 + (v / b) ** 2 <= 1
+        X, Y = self.grid
+        m = _ellipse(X[j0:j1, i0:i1], Y[j0:j1, i0:i1], cx, cy, a, b, ang) <= 1
         if within is not None:
             m &= within[j0:j1, i0:i1]
         self.s[j0:j1, i0:i1][m] = value
 
     def full(self, cx, cy, a, b, ang=0.0) -> np.ndarray:
         """The ellipse as a full-slice mask."""
-        X, Y = np.meshgrid(self.xs, self.ys)
-        ca, sa = np.cos(ang), np.sin(ang)
-        u = (X - cx) * ca + (Y - cy) * sa
-        v = -(X - cx) * sa + (Y - cy) * ca
-        return (u / a) ** 2 + (v / b) ** 2 <= 1
+        return _ellipse(*self.grid, cx, cy, a, b, ang) <= 1
 
 
 def _bone(c: Canvas, cx, cy, a, b, cortex_hu, marrow_hu, ang=0.0, cortex=2.0, within=None):
@@ -131,7 +132,6 @@ def marble(hu: np.ndarray, spacing_zyx, amplitude: float, rng, rows=None, scale_
     with age, and coarse voxels mix fascia and fat planes into soft tissue. Uniform phantom tissue
     teaches the network that any mottled soft tissue is unusual, which is how it came to call shoulder
     muscles nodes on 4 mm planning CTs."""
-    from .neck import _blur_axis
     sel = slice(None) if rows is None else rows
     part = hu[sel]
     if amplitude <= 0 or part.size == 0:
@@ -213,7 +213,7 @@ def make_context(neck, seed: int, below=(30.0, 130.0), above=(30.0, 150.0), p_be
     return ctx
 
 
-def _head(c: Canvas, ctx: Context, neck, u: float):
+def _head(c: Canvas, ctx: Context, u: float):
     """Head slice at u mm above the top of the neck phantom."""
     rx, ry = ctx.head
     top = 150.0  # the vertex: head height above the mandible (mm)
@@ -237,7 +237,7 @@ def _head(c: Canvas, ctx: Context, neck, u: float):
         c.ellipse(0, -38, 28 - 0.3 * u, 24, m + 15)  # tongue
         c.ellipse(0, -5, 11, 6, -1000.0)  # oropharynx
         if 12 < u < 28:  # maxillary teeth and alveolar ridge
-            X, Y = np.meshgrid(c.xs, c.ys)
+            X, Y = c.grid
             r = np.hypot(X, Y + 30)
             teeth = (np.abs(r - 30) < 4) & (Y < -28)
             c.s[teeth & body] = 2300.0
@@ -370,7 +370,7 @@ def planning_setup(c: Canvas, ctx: Context, z: float, body: np.ndarray | None, z
         px = c.dx
         near, far = _dilate(body, max(1, int(round(2.0 / px)))), _dilate(body, max(2, int(round(4.0 / px))))
         centre_y = c.ys[np.flatnonzero(body.any(axis=1))].mean()
-        X, Y = np.meshgrid(c.xs, c.ys)
+        X, Y = c.grid
         holes = np.cos(2 * np.pi * X / 7.0) * np.cos(2 * np.pi * z / 7.0) > 0.4
         shell = far & ~near & (Y < centre_y + 10) & ~holes
         c.s[shell & (c.s < -500)] = ctx.mask_hu
@@ -383,7 +383,7 @@ def paint_context(c: Canvas, ctx: Context, neck, z: float):
     if z < 0 and -z <= ctx.below:
         return _shoulders(c, ctx, neck, -z)
     if z > neck.height and z - neck.height <= ctx.above:
-        return _head(c, ctx, neck, z - neck.height)
+        return _head(c, ctx, z - neck.height)
     return None
 
 
@@ -405,6 +405,7 @@ class AbdomenSpec:
     pelvis: bool
     texture: float = 0.0
     couch_y: float = 0.0
+    gallbladder_hu: float = 10.0
     bowel: list = field(default_factory=list)
     vessels: list = field(default_factory=list)
 
@@ -421,6 +422,7 @@ def make_abdomen(seed: int) -> AbdomenSpec:
                        pelvis=bool(rng.random() < 0.4), texture=float(rng.uniform(6, 30)))
     if rng.random() < 0.7:
         spec.couch_y = spec.ry + float(rng.uniform(1, 10))
+    spec.gallbladder_hu = float(np.random.default_rng(seed).uniform(0, 20))  # bile, 0-20 HU
     inner = ((-spec.rx + spec.wall + 25, spec.rx - spec.wall - 25), (-spec.ry + spec.wall + 15, spec.ry - 70),
              (0, spec.height))
     for _ in range(int(rng.integers(8, 17))):
@@ -463,7 +465,7 @@ def _abdomen_slice(c: Canvas, spec: AbdomenSpec, z: float):
             c.ellipse(-0.35 * rx, -0.05 * ry, 0.5 * rx * f, 0.6 * ry * f, spec.liver_hu, within=body)  # liver
             c.ellipse(0.45 * rx, 0.25 * ry, 0.2 * rx * f, 0.35 * ry * f, spec.liver_hu - 5, 0.5)  # spleen
         if 0.5 < t < 0.7:
-            c.ellipse(-0.4 * rx, -0.25 * ry, 16, 20, float(np.random.default_rng(spec.seed).uniform(0, 20)))  # gallbladder
+            c.ellipse(-0.4 * rx, -0.25 * ry, 16, 20, spec.gallbladder_hu)  # gallbladder
         if t > 0.6:  # stomach with air over fluid
             c.ellipse(0.25 * rx, -0.2 * ry, 45, 32, 15.0, 0.3)
             c.ellipse(0.25 * rx, -0.2 * ry - 18, 35, 12, -1000.0, 0.3)
@@ -492,7 +494,7 @@ def _abdomen_slice(c: Canvas, spec: AbdomenSpec, z: float):
         c.ellipse(12, spine_y - 30, 11, 11, art)  # aorta
         c.ellipse(-22, spine_y - 28, 12, 10, 160.0 if spec.enhanced else 40.0)  # IVC
     if t > 0.5:  # lower ribs around the upper abdomen
-        X, Y = np.meshgrid(c.xs, c.ys)
+        X, Y = c.grid
         ring = (np.hypot(X / (rx - spec.wall - 5), Y / (ry - spec.wall - 5)) - 1) ** 2 < 0.0006
         c.s[ring & body & (np.cos(9 * np.arctan2(Y, X) + 7 * t) > 0.3)] = 800.0
     return body
@@ -500,7 +502,6 @@ def _abdomen_slice(c: Canvas, spec: AbdomenSpec, z: float):
 
 def render_abdomen(spec: AbdomenSpec, spacing_zyx=(2.0, 1.0, 1.0)):
     """(hu float32 (z, y, x), labels uint16 all zero: no neck nodes here, origin_xyz) of an abdomen."""
-    from .neck import imaging
     sz, sy, sx = spacing_zyx
     fov = (2 * spec.rx + 16, 2 * (spec.couch_y + 30 if spec.couch_y else spec.ry) + 16)
     nz, ny, nx = int(round(spec.height / sz)), int(round(fov[1] / sy)), int(round(fov[0] / sx))

@@ -261,6 +261,9 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
     xs = origin[0] + np.arange(nx) * sx
     ys = origin[1] + np.arange(ny) * sy
     X, Y = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
+    if context is not None:
+        from .context import Canvas, marble, paint_context, planning_setup
+        xs32, ys32 = xs.astype(np.float32), ys.astype(np.float32)
     rng = np.random.default_rng(spec.seed + 1_000_003)
     hu = np.empty((nz, ny, nx), np.float32)
     labels = np.zeros((nz, ny, nx), np.uint16)
@@ -270,8 +273,7 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
         t = z / H
         s = np.full((ny, nx), -1000.0, np.float32)
         if context is not None and not 0 <= z <= H:
-            from .context import Canvas, paint_context
-            body = paint_context(Canvas(xs.astype(np.float32), ys.astype(np.float32), s), context, spec, z)
+            body = paint_context(Canvas(xs32, ys32, s), context, spec, z)
             if body is not None:
                 s[~body] = -1000.0
         elif 0 <= z <= H:
@@ -324,18 +326,15 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
                     rr = np.hypot(X - cx, Y - cy)
                     s += (amp * np.cos(nrays * (theta - ang0)) * np.exp(-rr / 60.0)).astype(np.float32) * (body <= 1)
         if context is not None and context.couch_y:
-            from .context import Canvas, planning_setup
             mask = (body <= 1) if 0 <= z <= H else body
-            planning_setup(Canvas(xs.astype(np.float32), ys.astype(np.float32), s), context, z, mask, H + 60)
+            planning_setup(Canvas(xs32, ys32, s), context, z, mask, H + 60)
         hu[k] = s
-    if context is not None:  # textured soft tissue beyond the neck (the neck itself is unchanged)
-        from .context import marble
+    if context is not None:  # textured soft tissue below and above the neck (the neck itself is unchanged)
         zs = origin[2] + np.arange(nz) * sz
-        outside = np.flatnonzero((zs < 0) | (zs > H))
-        for run in np.split(outside, np.flatnonzero(np.diff(outside) > 1) + 1):
-            if len(run):
-                marble(hu, spacing_zyx, context.texture, np.random.default_rng(spec.seed + 9_000_001 + int(run[0])),
-                       rows=slice(int(run[0]), int(run[-1]) + 1))
+        for rows in (np.flatnonzero(zs < 0), np.flatnonzero(zs > H)):
+            if len(rows):
+                marble(hu, spacing_zyx, context.texture, np.random.default_rng(spec.seed + 9_000_001 + int(rows[0])),
+                       rows=slice(int(rows[0]), int(rows[-1]) + 1))
     return imaging(hu, spacing_zyx, spec.blur_sigma if spec.blur else None, spec.noise, rng), labels, origin
 
 

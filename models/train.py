@@ -54,7 +54,7 @@ def coarsen(hu: np.ndarray, in_plane: float, thickness: float) -> np.ndarray:
 # - the rest: the neck alone, one in three blanked to air above and below a slab, as radiotherapy
 #   planning CTs often are (the body then ends in a flat cut face the network must not call a node);
 # - COARSE (of any kind): acquired at 1.5-4.5 mm in-plane and 2-5 mm slices, then resampled up.
-MIX = {"abdomen": 0.15, "context": 0.45, "coarse": 0.3}
+MIX = {"abdomen": 0.25, "context": 0.45, "coarse": 0.35}  # the default model's last phase (model card)
 
 
 class PhantomPool:
