@@ -47,6 +47,8 @@ def compare_results(ref, got) -> dict:
     return {"intersection": inter, "total": total, "dice": 1.0 if total == 0 else 2 * inter / total,
             "nodes_ref": len(ref.nodes), "nodes": len(got.nodes),
             "unmatched": sum(g is None for _, g in pairs),
+            "unmatched_short_axes_mm": sorted((round(r["short_axis_mm"], 2) for r, g in pairs if g is None),
+                                              reverse=True),
             "short_axis_max_diff_mm": max(diffs, default=0.0),
             "short_axis_median_diff_mm": float(np.median(diffs)) if diffs else 0.0}
 

@@ -110,6 +110,24 @@ def test_int8_is_symmetric_qdq_per_channel_and_keeps_the_input_layer():
     first = precision.input_layers(model)[0]
     first_node = next(n for n in q.graph.node if n.name == first)
     assert first_node.input[0] == q.graph.input[0].name  # raw float input, no Q/DQ in front
+    # Q/DQ only on the inputs of weighted layers: every activation DequantizeLinear feeds a Conv or
+    # ConvTranspose (a skip tensor also reaches its Concat through it), none feeds a LeakyReLU, and no
+    # weighted layer's output is quantized
+    consumers = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    act_dq = [n for n in q.graph.node if n.op_type == "DequantizeLinear"
+              and producers.get(n.input[0]) is not None and producers[n.input[0]].op_type == "QuantizeLinear"]
+    assert len(act_dq) == len(qnodes)
+    for dq in act_dq:
+        ops = {c.op_type for c in consumers[dq.output[0]]}
+        assert ops & {"Conv", "ConvTranspose"} and ops <= {"Conv", "ConvTranspose", "Concat"}, ops
+        upstream = producers[producers[dq.input[0]].input[0]]
+        assert upstream.op_type not in ("Conv", "ConvTranspose"), upstream.name
+    n_weighted = sum(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
+    assert len(qnodes) == n_weighted - 1  # every weighted layer but the kept input layer
+    assert producers[q.graph.output[0].name].op_type == "Conv"  # float logits
     x = tiles[0]
     ref, got = _run(model, x), _run(q, x)
     assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.95
@@ -167,6 +185,13 @@ def test_gate_passes_fp16_and_fails_a_broken_variant(placeholder_package, tmp_pa
     assert reports["fp16"]["passed"] and reports["fp16"]["written"]
     pkg = ModelPackage.load(pkg_dir)  # sha256 of the new file verified
     assert "fp16" in pkg.variants() and pkg.manifest["variants"]["fp16"]["gate_passed"]
+    # gated on every CPU backend installed here, ONNX Runtime (the reference) first
+    from lnrt.backends import available
+
+    recorded = pkg.manifest["variants"]["fp16"]["gate_backends"]
+    assert list(recorded) == va.gate_backends() and set(recorded) == set(available())
+    assert all(line["passed"] and line["dice"] >= 0.99 for line in recorded.values())
+    assert pkg.gate_failed_on("fp16") == {}
     assert json.loads((pkg_dir / "parity.fp16.json").read_text())["dice"] >= 0.99
 
     def broken(model, keep=()):
@@ -205,6 +230,16 @@ def test_match_nodes_pairs_by_overlap():
     nodes = [{"id": 1, "bbox_voxels": [1, 1, 1, 2, 3, 3]}, {"id": 2, "bbox_voxels": [1, 6, 6, 2, 8, 8]}]
     pairs = gate.match_nodes(ref, nodes, got, [{"id": 1}])
     assert pairs[0][1] is None and pairs[1][1] == {"id": 1}
+    # what a gate report says of the same pair of results: Dice, the lost node and its size
+    nodes[0]["short_axis_mm"], nodes[1]["short_axis_mm"] = 4.0, 6.5
+    got_nodes = [{"id": 1, "bbox_voxels": [1, 6, 6, 2, 8, 7], "short_axis_mm": 5.75}]
+    from types import SimpleNamespace as NS
+
+    row = gate.compare_results(NS(labels=ref, nodes=nodes), NS(labels=got, nodes=got_nodes))
+    assert row["intersection"] == 12 and row["total"] == 36 + 12
+    assert row["nodes_ref"] == 2 and row["nodes"] == 1 and row["unmatched"] == 1
+    assert row["unmatched_short_axes_mm"] == [4.0]
+    assert row["short_axis_max_diff_mm"] == pytest.approx(0.75)
 
 
 def test_export_torch_cli_builds_a_working_package(tmp_path, run_cli, capsys):
