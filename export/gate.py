@@ -137,11 +137,13 @@ def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path
 
 
 def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: list,
-             backend: str = "onnxruntime", threads: int | None = None, reference=None) -> dict:
-    """Gate `candidate` (an onnx.ModelProto) as `variant` of `pkg`; returns the report.
+             backend: str = "onnxruntime", threads: int | None = None, reference=None,
+             diagnose: bool = True) -> dict:
+    """Gate `candidate` (an onnx.ModelProto) as `variant` of `pkg` on one backend; returns the report.
 
     `reference` is an FP32 `Session` of `pkg` (on the same backend) with `.gate_results`, the FP32
-    results of `volumes`, so gating several variants runs FP32 once; without it one is made here."""
+    results of `volumes`, so gating several variants runs FP32 once; without it one is made here.
+    `diagnose` adds the per-layer error ranking (`layer_errors`, run on ONNX Runtime)."""
     import onnx
 
     from lnrt.session import Session
@@ -175,7 +177,7 @@ def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: l
               "thresholds": asdict(cfg), "dice": round(dice, 5), "short_axis_max_diff_mm": round(sa, 4),
               "nodes_fp32": sum(p["nodes_ref"] for p in per), "nodes": sum(p["nodes"] for p in per),
               "tiles": {"count": len(tiles), **tiles_report}, "backend": backend_info, "volumes": per}
-    if tiles:
+    if tiles and diagnose:
         ref_model = onnx.load(str(pkg.onnx_path("fp32")))
         report["most_sensitive_layers"] = layer_errors(ref_model, candidate, tiles[0])
         if failures:
@@ -183,6 +185,13 @@ def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: l
             report["advice"] = ("keep these layers at higher precision and export again: "
                                 + " ".join(f"--keep {k}" for k in keep))
     return report
+
+
+def summary_line(report: dict) -> dict:
+    """The part of a gate report the manifest keeps for each backend."""
+    return {"passed": report["passed"], "dice": report["dice"],
+            "short_axis_max_diff_mm": report["short_axis_max_diff_mm"], "failures": report["failures"],
+            "backend_version": report["backend"].get("backend_version")}
 
 
 def save_report(root: Path, variant: str, report: dict) -> Path:
@@ -193,5 +202,5 @@ def save_report(root: Path, variant: str, report: dict) -> Path:
     return path
 
 
-__all__ = ["GateConfig", "run_gate", "gate_volumes", "calibration_tiles", "layer_errors", "save_report",
+__all__ = ["GateConfig", "run_gate", "summary_line", "gate_volumes", "calibration_tiles", "layer_errors", "save_report",
            "compare_results"]

@@ -50,10 +50,24 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def gate_backends() -> list:
+    """The CPU backends a variant is gated on here: ONNX Runtime first (the reference: it executes
+    Q/DQ and Cast exactly as the ONNX specification says), then OpenVINO when it is installed."""
+    from lnrt.backends import available
+
+    return ["onnxruntime"] + [b for b in available() if b != "onnxruntime"]
+
+
 def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_gate: int = 3,
                  keep=(), force: bool = False, threads: int | None = None,
-                 calibration: str = "percentile") -> dict:
-    """Build, gate and write precision variants into a package folder; returns {variant: report}."""
+                 calibration: str = "percentile", backends=None) -> dict:
+    """Build, gate and write precision variants into a package folder; returns {variant: report}.
+
+    Each variant is gated on every backend in `backends` (default: `gate_backends()`). It is written
+    when it passes on ONNX Runtime (or `force`); the manifest records the verdict on each backend, and
+    `lnrt.Session` refuses to run a variant on a backend where it failed. The same Q/DQ file can be
+    computed differently by another backend's kernels (measured: OpenVINO's int8 convolutions on an
+    AVX2 CPU without VNNI), which is why one backend's verdict does not speak for the others."""
     import onnx
 
     bad = [v for v in variants if v not in BUILDABLE]
@@ -61,8 +75,13 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
         raise LnrtError(f"cannot build variant {bad[0]!r}; expected one of {', '.join(BUILDABLE)}")
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
     fp32 = onnx.load(str(pkg.onnx_path("fp32")))
+    backends = list(backends or gate_backends())
+    if backends[0] != "onnxruntime":
+        raise LnrtError(f"the gates' first backend must be onnxruntime (the reference), not {backends[0]!r}")
     volumes = gates.gate_volumes(n_gate)
-    session = gates.fp32_reference(pkg, volumes, threads=threads)  # FP32 runs once for every variant
+    # FP32 runs once per backend for every variant
+    refs = {b: gates.fp32_reference(pkg, volumes, backend=b, threads=threads) for b in backends}
+    session = refs["onnxruntime"]
     check_tiles = gates.calibration_tiles(session, volumes[:1], per_volume=2, seed=1)
     reports = {}
     for variant in variants:
@@ -79,9 +98,19 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
                                      "volumes": len(cal), "tiles": len(tiles), "method": calibration,
                                      "input_layer": "kept in float32",
                                      "activations": "int8 symmetric per tensor",
+                                     "placement": "inputs of Conv, ConvTranspose, Gemm, MatMul only",
                                      "weights": "int8 symmetric per channel"}}
         report = gates.run_gate(pkg, variant, candidate, volumes, check_tiles, threads=threads, reference=session)
         report.update(extra, keep=list(keep), gate_volumes=[n for n, _ in volumes])
+        report["gate_backends"] = {"onnxruntime": gates.summary_line(report)}
+        for b in backends[1:]:
+            other = gates.run_gate(pkg, variant, candidate, volumes, check_tiles, backend=b, threads=threads,
+                                   reference=refs[b], diagnose=False)
+            report["gate_backends"][b] = gates.summary_line(other)
+            report.setdefault("other_backends", {})[b] = {k: other[k] for k in ("backend", "tiles", "volumes")}
+            if not other["passed"]:
+                log.warning("%s variant fails its gate on %s (%s); lnrt will not run it there", variant, b,
+                            "; ".join(other["failures"]))
         reports[variant] = report
         report["written"] = bool(report["passed"] or force)
         gates.save_report(pkg.path, variant, report)  # kept as the record even when the gate fails
@@ -91,7 +120,8 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
             continue
         _write_atomic(pkg.path / VARIANT_FILES[variant], candidate.SerializeToString())
         _update_manifest(pkg, variant, report)
-    session.close()
+    for ref in refs.values():
+        ref.close()
     return reports
 
 
@@ -102,7 +132,8 @@ def _update_manifest(pkg: ModelPackage, variant: str, report: dict) -> None:
     manifest["files"][fname] = {"sha256": sha256_of(pkg.path / fname)}
     manifest.setdefault("variants", {})[variant] = {
         "file": fname, "gate_passed": report["passed"], "dice_vs_fp32": report["dice"],
-        "short_axis_max_diff_mm": report["short_axis_max_diff_mm"], "report": f"parity.{variant}.json"}
+        "short_axis_max_diff_mm": report["short_axis_max_diff_mm"], "report": f"parity.{variant}.json",
+        "gate_backends": report["gate_backends"]}
     _write_atomic(mpath, (json.dumps(manifest, indent=2) + "\n").encode())
     pkg.manifest.clear()
     pkg.manifest.update(manifest)

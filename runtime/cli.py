@@ -248,6 +248,10 @@ def _report_variants(root) -> None:
                    f"{r['short_axis_max_diff_mm']:.2f} mm; {written}")
         if r.get("advice") and not r["passed"]:
             click.echo(f"  advice: {r['advice']}")
+        for backend, line in r.get("gate_backends", {}).items():
+            verdict = "passed" if line["passed"] else "FAILED (" + "; ".join(line["failures"]) + "); not run there"
+            click.echo(f"  on {backend}: {verdict}; Dice {line['dice']:.4f}, "
+                       f"max short-axis difference {line['short_axis_max_diff_mm']:.2f} mm")
 
 
 @cli.group()

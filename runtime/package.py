@@ -132,6 +132,11 @@ class ModelPackage:
             )
         return self.path / fname
 
+    def gate_failed_on(self, variant: str) -> dict:
+        """{backend: report line} for each backend on which `variant` failed its recorded parity gate."""
+        entry = self.manifest.get("variants", {}).get(variant, {})
+        return {b: r for b, r in entry.get("gate_backends", {}).items() if not r.get("passed", False)}
+
     def sha256(self, variant: str = "fp32") -> str:
         return self.manifest["files"][VARIANT_FILES[variant]]["sha256"]
 

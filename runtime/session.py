@@ -195,6 +195,7 @@ class Session:
         self.variant = variant
         # bf16 is not a file: the fp32 model with OpenVINO's bf16 precision hint
         file_variant = "fp32" if variant == "bf16" else variant
+        backend = self._gated_backend(file_variant, backend)
         self.backend = create_backend(self.package.onnx_path(file_variant), backend, device, threads,
                                       precision="bf16" if variant == "bf16" else "f32")
         sw = self.package.section("sliding_window")
@@ -210,6 +211,23 @@ class Session:
         self.connectivity = int(post.get("connectivity", 26))
         self.body = BodyCropConfig(**self.package.section("body_crop"))
         self.memory_limit_gb = memory_limit_gb or 0.8 * _physical_memory_gb()
+
+    def _gated_backend(self, variant: str, backend: str) -> str:
+        """A variant never runs on a backend where its parity gate failed: the automatic choice skips
+        such a backend, and asking for it by name is an error that says where the variant passed."""
+        failed = self.package.gate_failed_on(variant)
+        if not failed:
+            return backend
+        why = "; ".join(f"{b}: {r.get('failures') or r}" for b, r in failed.items())
+        if backend in failed:
+            passed = [b for b in self.package.manifest["variants"][variant]["gate_backends"] if b not in failed]
+            raise LnrtError(f"{self.package.path}: the {variant} variant failed its parity gate on {backend} "
+                            f"({why}); run it with --backend {' or '.join(passed) or 'another backend'}, "
+                            f"or use another variant")
+        if backend == "auto" and "openvino" in failed:
+            log.info("the %s variant failed its parity gate on OpenVINO (%s); using ONNX Runtime", variant, why)
+            return "onnxruntime"
+        return backend
 
     def model_info(self) -> dict:
         info = self.package.summary("fp32" if self.variant == "bf16" else self.variant)

@@ -68,3 +68,24 @@ def test_onnx_with_the_wrong_input_rank_is_refused(pkg_copy):
     write_manifest(pkg_copy, manifest)
     with pytest.raises(LnrtError, match="rank 5"):
         lnrt.Session(pkg_copy)
+
+
+def test_a_variant_never_runs_where_its_gate_failed(pkg_copy):
+    from lnrt.session import Session
+
+    manifest = json.loads((pkg_copy / "lnrt.json").read_text())
+    line = {"passed": False, "dice": 0.81, "short_axis_max_diff_mm": 4.4,
+            "failures": ["node-mask Dice 0.8129 < 0.97"]}
+    manifest["variants"]["fp16"]["gate_backends"] = {"onnxruntime": {**line, "passed": True, "failures": []},
+                                                     "openvino": line}
+    write_manifest(pkg_copy, manifest)
+    pkg = ModelPackage.load(pkg_copy)
+    assert set(pkg.gate_failed_on("fp16")) == {"openvino"} and pkg.gate_failed_on("fp32") == {}
+    pytest.importorskip("openvino")
+    with pytest.raises(LnrtError, match="fp16 variant failed its parity gate on openvino.*Dice 0.8129.*"
+                                        "--backend onnxruntime"):
+        Session(pkg, backend="openvino", variant="fp16")
+    with Session(pkg, backend="auto", variant="fp16") as s:  # the automatic choice skips OpenVINO
+        assert s.backend.describe()["backend"] == "onnxruntime"
+    with Session(pkg, backend="auto", variant="fp32") as s:  # other variants are unaffected
+        assert s.backend.describe()["backend"] == "openvino"

@@ -11,7 +11,7 @@ import pytest
 from lnrt import engine_cache
 from lnrt.errors import LnrtError
 from lnrt.export.tensorrt import build_engine
-from lnrt.package import default_package_path
+from lnrt.package import default_package_path, write_manifest
 
 EXPECTED = ["Logger", "Builder", "create_network", "OnnxParser", "parse_from_file", "create_builder_config",
             "set_memory_pool_limit", "get_input", "create_optimization_profile", "set_shape",
@@ -167,6 +167,20 @@ def test_build_calls_the_api_in_order_and_caches(pkg, tmp_path, version):
     assert path4 != path and calls4 == EXPECTED
 
 
+@pytest.mark.parametrize("variant", ["fp16", "int8"])
+def test_precision_variants_build_strongly_typed_from_their_own_onnx(pkg, tmp_path, variant):
+    # the default package ships gated FP16 and INT8 ONNX: the engine is built from that file, with the
+    # same calls (precision lives in the ONNX, so no precision flags), and keyed by the variant
+    trt, calls, state = fake_trt("11.4.1")
+    path, _ = build_engine(pkg, variant, max_batch=2, cache_root=tmp_path / "c", trt=trt, gpu=H100)
+    assert calls == EXPECTED
+    assert str(state["args"]["parse_from_file"][0]).endswith(f"model.{variant}.onnx")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["key"]["variant"] == variant
+    assert sidecar["key"]["onnx_sha256"] == json.loads((pkg / "lnrt.json").read_text())["files"][
+        f"model.{variant}.onnx"]["sha256"]
+
+
 def test_stale_sidecar_is_a_miss(pkg, tmp_path):
     trt, _, _ = fake_trt()
     path, info = build_engine(pkg, "fp32", cache_root=tmp_path, trt=trt, gpu=H100)
@@ -193,6 +207,10 @@ def test_clear_errors(pkg, tmp_path):
         build_engine(pkg, "fp32", cache_root=tmp_path, trt=fake_trt()[0], gpu=("GTX 1080", (6, 1)))
     with pytest.raises(LnrtError, match="too old"):
         build_engine(pkg, "fp32", cache_root=tmp_path, trt=fake_trt("8.6.1")[0], gpu=H100)
+    manifest = json.loads((pkg / "lnrt.json").read_text())
+    manifest["files"].pop("model.int8.onnx", None)
+    manifest.get("variants", {}).pop("int8", None)
+    write_manifest(pkg, manifest)
     with pytest.raises(LnrtError, match="no int8 variant"):
         build_engine(pkg, "int8", cache_root=tmp_path, trt=fake_trt()[0], gpu=H100)
     with pytest.raises(LnrtError, match="max-batch"):
