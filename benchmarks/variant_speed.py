@@ -50,7 +50,9 @@ def main() -> None:
             rows.append({"backend": backend, "variant": variant, "s_per_tile": round(float(np.median(times)), 4),
                          "max_abs_logit_diff_vs_fp32_ort": round(float(np.abs(out - ref).max()), 4),
                          "argmax_agreement": round(float((out.argmax(1) == ref.argmax(1)).mean()), 6),
-                         "engine": be.describe()})
+                         "engine": be.describe(),
+                         # timed either way; lnrt itself refuses a variant where its gate failed
+                         "gate_on_this_backend": "failed" if backend in pkg.gate_failed_on(variant) else "passed"})
             print(f"{backend:<12} {variant:<5} {rows[-1]['s_per_tile']:.3f} s/tile", flush=True)
             be.close()
     res = {"schema": "lnrt.variant-speed/1", "date": dt.date.today().isoformat(), "machine": machine_info(args.threads),
