@@ -218,14 +218,17 @@ class Session:
         failed = self.package.gate_failed_on(variant)
         if not failed:
             return backend
-        why = "; ".join(f"{b}: {r.get('failures') or r}" for b, r in failed.items())
+        def why(b: str) -> str:
+            return "; ".join(failed[b].get("failures") or ["failed"])
+
         if backend in failed:
             passed = [b for b in self.package.manifest["variants"][variant]["gate_backends"] if b not in failed]
             raise LnrtError(f"{self.package.path}: the {variant} variant failed its parity gate on {backend} "
-                            f"({why}); run it with --backend {' or '.join(passed) or 'another backend'}, "
+                            f"({why(backend)}); run it with --backend {' or '.join(passed) or 'another backend'}, "
                             f"or use another variant")
         if backend == "auto" and "openvino" in failed:
-            log.info("the %s variant failed its parity gate on OpenVINO (%s); using ONNX Runtime", variant, why)
+            log.info("the %s variant failed its parity gate on OpenVINO (%s); using ONNX Runtime", variant,
+                     why("openvino"))
             return "onnxruntime"
         return backend
 
