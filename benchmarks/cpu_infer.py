@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lnrt.bench import machine_info, synthetic_scan
+from lnrt.bench import machine_info, save_result, synthetic_scan
 
 
 def run_once(scan: Path, out: Path, model: str | None = None, extra_args=()) -> dict:
@@ -72,13 +72,11 @@ def main() -> None:
         "median_stages_s": median, "median_wall_s": round(float(np.median([r["wall_s"] for r in runs])), 3),
         "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     engine = runs[0]["model"]
     tag = f"-{engine['backend']}-{engine.get('variant', 'fp32')}" if (args.backend or args.variant) else ""
-    name = f"{result['machine']['host']}-{result['date']}-cpu-infer{tag}.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    path = save_result(result, args.out, f"cpu-infer{tag}")
     print(json.dumps({k: result[k] for k in ("median_stages_s", "median_wall_s", "max_peak_rss_mb")}, indent=2))
-    print(f"wrote {args.out / name}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 import lnrt
-from lnrt.bench import machine_info
+from lnrt.bench import machine_info, save_result
 from lnrt.evaluate import evaluate_scan, format_table, summarize
 from lnrt.imageio import to_sitk
 from lnrt.models.neck import random_scan
@@ -62,12 +61,10 @@ def main() -> None:
     result = {"schema": "lnrt.evaluation/1", "benchmark": "model_eval", "date": dt.date.today().isoformat(),
               "machine": machine_info(),
               "kind": args.kind, "model": session.model_info(), "summary": summarize(scans), "scans": scans, "phantoms": settings}
-    args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.kind == "neck" else f"-{args.kind}"
-    name = f"{result['machine']['host']}-{result['date']}-model-eval{suffix}.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    path = save_result(result, args.out, f"model-eval{suffix}")
     print(format_table(result))
-    print(f"wrote {args.out / name}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ def main() -> None:
     import onnxruntime as ort
     import openvino as ov
 
-    from lnrt.bench import machine_info
+    from lnrt.bench import machine_info, save_result
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4, 8, 3, 3, 3)).astype(np.float32)
@@ -73,9 +72,7 @@ def main() -> None:
            "machine": machine_info(), "cpu_int8_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni",
                                                                         "avx_vnni", "amx_int8"}),
            "openvino": ov.get_version(), "onnxruntime": ort.__version__, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{res['machine']['host']}-{res['date']}-openvino-int8-check.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    path = save_result(res, args.out, "openvino-int8-check")
     print(path)
 
 

@@ -115,7 +115,7 @@ def main() -> None:
 
     import lnrt
     from lnrt.backends import available
-    from lnrt.bench import machine_info, parse_size, synthetic_scan
+    from lnrt.bench import machine_info, parse_size, save_result, synthetic_scan
     from lnrt.imageio import read_scan
     from lnrt.nodes import label_components, node_table
     from lnrt.sliding_window import SlidingWindowConfig, sliding_window
@@ -211,10 +211,9 @@ def main() -> None:
             v for k, v in window.items() if k.endswith("_body_tiles")), 2),
         "naive_over_lnrt_components_measure": round(t_naive / (t_cc + t_me), 2),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{res['machine']['host']}-{res['date']}-peers.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    path = save_result(res, args.out, "peers")
     print(json.dumps({k: res[k] for k in ("end_to_end_s", "window_s", "components_measure_s", "ratios")}, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 import lnrt
-from lnrt.bench import machine_info
+from lnrt.bench import machine_info, save_result
 
 
 def main() -> None:
@@ -51,10 +50,7 @@ def main() -> None:
               f"largest short axes {row['short_axes_mm'][:5]}  ({row['seconds']} s)", flush=True)
     result = {"benchmark": "real_ct_behaviour", "date": dt.date.today().isoformat(),
               "machine": machine_info(), "model": session.model_info(), "scans": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{result['machine']['host']}-{result['date']}-real-ct.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out / name}")
+    print(f"wrote {save_result(result, args.out, 'real-ct')}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    from lnrt.bench import STAGES, bench, machine_info
+    from lnrt.bench import STAGES, bench, machine_info, save_result
 
     points = []
     for size in args.sizes:
@@ -48,9 +47,7 @@ def main() -> None:
     res = {"schema": "lnrt.scaling/1", "date": dt.date.today().isoformat(), "machine": machine_info(),
            "engine": engine, "fit": {"intercept_s": round(float(a), 3), "s_per_mvoxel": round(float(b * 1e6), 4)},
            "points": points}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{res['machine']['host']}-{res['date']}-scaling-{engine['backend']}.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    path = save_result(res, args.out, f"scaling-{engine['backend']}")
     print(f"{'size (x y z)':<14} {'M voxels':>8} {'tiles':>6} {'e2e s':>7} {'network':>8} {'fit s':>7} {'dev %':>6}")
     for p in points:
         print(f"{'x'.join(map(str, p['size_xyz'])):<14} {p['voxels'] / 1e6:>8.1f} {p['tiles']:>6} "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     import lnrt
     from lnrt.backends import available, create_backend
-    from lnrt.bench import machine_info
+    from lnrt.bench import machine_info, save_result
     from lnrt.compare import _tiles
     from lnrt.models.neck import random_scan
 
@@ -59,9 +58,7 @@ def main() -> None:
            "model": {"name": pkg.name, "version": pkg.version, "patch_zyx": list(pkg.patch_zyx),
                      "variants": {v: pkg.sha256(v) for v in pkg.variants()}},
            "tiles": len(batch), "repeat": args.repeat, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{res['machine']['host']}-{res['date']}-variant-speed.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    path = save_result(res, args.out, "variant-speed")
     print(path)
 
 

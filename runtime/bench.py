@@ -162,10 +162,13 @@ def result_name(result: dict) -> str:
     return f"{m['host']}-{result['date']}-bench-{e['backend']}-{result['model']['variant']}.json"
 
 
-def save_result(result: dict, folder) -> Path:
+def save_result(result: dict, folder, kind: str | None = None) -> Path:
+    """Write `result` atomically as `<host>-<date>-<kind>.json` in `folder` (kind None: a `bench`
+    result, named by `result_name`). Every benchmark script saves through here."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / result_name(result)
+    name = result_name(result) if kind is None else f"{result['machine']['host']}-{result['date']}-{kind}.json"
+    path = folder / name
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)

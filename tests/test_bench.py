@@ -35,6 +35,9 @@ def test_bench_result_records_every_stage_and_the_context(placeholder_package, t
     path = b.save_result(r, tmp_path)
     assert path.name == f"{r['machine']['host']}-{r['date']}-bench-onnxruntime-fp32.json"
     assert json.loads(path.read_text())["stages_s"] == r["stages_s"]
+    other = b.save_result(r, tmp_path / "sub", "variant-speed")  # the benchmark scripts' naming
+    assert other.name == f"{r['machine']['host']}-{r['date']}-variant-speed.json"
+    assert not [p for p in other.parent.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(LnrtError, match="SCAN or --synthetic"):
         b.bench(model=placeholder_package)
 
