@@ -218,6 +218,7 @@ class Session:
         failed = self.package.gate_failed_on(variant)
         if not failed:
             return backend
+
         def why(b: str) -> str:
             return "; ".join(failed[b].get("failures") or ["failed"])
 
