@@ -37,9 +37,11 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=16)
     ap.add_argument("--seed0", type=int, default=20000)
     ap.add_argument("--kind", choices=("neck", "context", "abdomen"), default="neck")
+    ap.add_argument("--variant", default="fp32", help="precision variant of the package (default fp32)")
+    ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    session = lnrt.Session(args.model)
+    session = lnrt.Session(args.model, backend=args.backend, variant=args.variant)
     scans, settings = [], []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +63,7 @@ def main() -> None:
     result = {"schema": "lnrt.evaluation/1", "benchmark": "model_eval", "date": dt.date.today().isoformat(),
               "machine": machine_info(),
               "kind": args.kind, "model": session.model_info(), "summary": summarize(scans), "scans": scans, "phantoms": settings}
-    suffix = "" if args.kind == "neck" else f"-{args.kind}"
+    suffix = ("" if args.kind == "neck" else f"-{args.kind}") + ("" if args.variant == "fp32" else f"-{args.variant}")
     path = save_result(result, args.out, f"model-eval{suffix}")
     print(format_table(result))
     print(f"wrote {path}")
