@@ -11,9 +11,10 @@ TensorRT 11 is strongly typed only, so precision must live in the ONNX file itse
   and symmetric per-channel int8 weights (zero points 0, which TensorRT requires), calibrated on tiles
   the caller provides. Q/DQ pairs sit only on the inputs of the weighted layers (Conv, ConvTranspose,
   Gemm, MatMul): the placement the TensorRT developer guide recommends for explicit quantization
-  ("Q/DQ layer placement": quantize the inputs of weighted operations, not their outputs), and the
-  one OpenVINO's low-precision transformations fuse. The result runs on ONNX Runtime, OpenVINO and
-  TensorRT 10/11.
+  ("Q/DQ layer placement": quantize the inputs of weighted operations, not their outputs). The file
+  loads on ONNX Runtime, OpenVINO and TensorRT 10/11, but a backend's int8 kernels may not compute it
+  as the specification says (OpenVINO on an AVX2 CPU without VNNI does not), which is why
+  `lnrt.export.variants` gates each variant on every installed backend.
 
 Both take a `keep` list of node names to leave in float32, which is what a failing parity gate
 suggests (see `lnrt.export.gate.layer_errors`). This module needs onnx and onnxruntime, never torch.
@@ -192,9 +193,9 @@ def to_int8(model, tiles: list, keep: Iterable[str] = (), keep_input_layer: bool
     activation outliers that min/max would spend the range on.
 
     Q/DQ go on the inputs of weighted layers only (`WEIGHTED_OPS`), never on their outputs or around
-    activations and concatenations. ONNX Runtime's default also quantizes LeakyReLU's input, the
-    pre-activation tensor, whose symmetric range is spent largely on negative values that LeakyReLU
-    then shrinks 100-fold, and Concat's inputs to one shared scale; the logits are quantized too. On
+    activations. ONNX Runtime's default also quantizes LeakyReLU's input, the pre-activation tensor,
+    whose symmetric range is spent largely on negative values that LeakyReLU then shrinks 100-fold,
+    and the outputs of weighted layers, the logits among them. On
     default model 1.1 that default failed the parity gate (matched short axes off by up to 0.99 mm,
     Dice 0.984); weighted-input placement passes it (0.24 mm, Dice 0.991) with half the Q/DQ pairs."""
     onnx = _onnx()

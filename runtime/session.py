@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .backends import create_backend
+from .backends import available, create_backend
 from .errors import LnrtError
 from .imageio import ScanInfo, read_labels, read_scan, to_sitk
 from .nodes import label_components, node_table
@@ -227,11 +227,18 @@ class Session:
             raise LnrtError(f"{self.package.path}: the {variant} variant failed its parity gate on {backend} "
                             f"({why(backend)}); run it with --backend {' or '.join(passed) or 'another backend'}, "
                             f"or use another variant")
-        if backend == "auto" and "openvino" in failed:
-            log.info("the %s variant failed its parity gate on OpenVINO (%s); using ONNX Runtime", variant,
-                     why("openvino"))
-            return "onnxruntime"
-        return backend
+        if backend != "auto":
+            return backend
+        order = available()  # the automatic choice's own order, less the backends that failed
+        usable = [b for b in order if b not in failed]
+        if usable == order:
+            return backend
+        skipped = "; ".join(f"{b}: {why(b)}" for b in order if b in failed)
+        if not usable:
+            raise LnrtError(f"{self.package.path}: the {variant} variant failed its parity gate on every "
+                            f"backend installed here ({skipped}); use another variant")
+        log.info("the %s variant failed its parity gate on %s; using %s", variant, skipped, usable[0])
+        return usable[0]
 
     def model_info(self) -> dict:
         info = self.package.summary("fp32" if self.variant == "bf16" else self.variant)

@@ -89,3 +89,7 @@ def test_a_variant_never_runs_where_its_gate_failed(pkg_copy):
         assert s.backend.describe()["backend"] == "onnxruntime"
     with Session(pkg, backend="auto", variant="fp32") as s:  # other variants are unaffected
         assert s.backend.describe()["backend"] == "openvino"
+    manifest["variants"]["fp16"]["gate_backends"]["onnxruntime"] = line  # failed everywhere here
+    write_manifest(pkg_copy, manifest)
+    with pytest.raises(LnrtError, match="failed its parity gate on every backend installed here"):
+        Session(ModelPackage.load(pkg_copy), backend="auto", variant="fp16")
