@@ -55,6 +55,7 @@ def main() -> None:
             res = session.run(path)
             r = evaluate_scan(ct.with_array(res.labels), truth, f"phantom_{seed}")
             r["timings_s"] = {k: round(v, 3) for k, v in res.timings.items()}
+            r["rules"] = res.settings.get("rules", {})  # what the postprocessing rules dropped
             scans.append(r)
             settings.append({"seed": seed, "spacing_xyz_mm": [round(s, 3) for s in ct.spacing],
                              "shape_zyx": list(ct.shape), "direction": ct.direction.ravel().tolist()})

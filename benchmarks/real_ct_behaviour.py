@@ -39,14 +39,18 @@ def main() -> None:
         row = {"scan": str(scan.relative_to(args.data)), "nodes": len(res.nodes),
                "short_axes_mm": sorted((round(n["short_axis_mm"], 1) for n in res.nodes), reverse=True),
                "recist": {c: sum(n["recist"] == c for n in res.nodes) for c in ("normal", "pathological", "enlarged")},
-               "seconds": round(time.perf_counter() - t0, 2)}
+               "seconds": round(time.perf_counter() - t0, 2),
+               # what the package's postprocessing rules dropped (neck region, resolution floor)
+               "rules": res.settings.get("rules", {}), "warnings": res.warnings}
         structures = Path(str(scan).replace("_ct_hu", "_structures"))
         if "_ct_hu" in scan.name and structures.is_file() and res.nodes:
             s = sitk.GetArrayFromImage(sitk.ReadImage(str(structures)))
             in_ptv = sum(bool(np.isin(s[res.labels == n["id"]], (8, 9, 10)).any()) for n in res.nodes)
             row["nodes_touching_ptv"] = in_ptv
         rows.append(row)
-        print(f"{row['scan']:<45} nodes {row['nodes']:>3}  {row.get('nodes_touching_ptv', '-'):>3} in PTV  "
+        dropped = sum(r.get("dropped", 0) for r in row["rules"].values())
+        print(f"{row['scan']:<45} nodes {row['nodes']:>3} (+{dropped} dropped by rules)  "
+              f"{row.get('nodes_touching_ptv', '-'):>3} in PTV  "
               f"largest short axes {row['short_axes_mm'][:5]}  ({row['seconds']} s)", flush=True)
     result = {"benchmark": "real_ct_behaviour", "date": dt.date.today().isoformat(),
               "machine": machine_info(), "model": session.model_info(), "scans": rows}

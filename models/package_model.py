@@ -25,7 +25,11 @@ from .train import INFER_PATCH, SPACING, VAL_SEED0, WINDOW, normalize
 from .unet import UNet, UNetConfig, count_parameters
 
 OPSET = 17
-VERSION = "1.1.0"  # 1.1: trained with the head, shoulders and abdomen of lnrt.models.context as negatives
+VERSION = "1.2.0"  # 1.1: trained with the head, shoulders and abdomen of lnrt.models.context as negatives;
+# 1.2: 1.1's network with the neck-region rule and the resolution floor (README: Postprocessing)
+# A neck model reports only findings near neck-sized slices, and none thinner than one pixel of the scan.
+POSTPROCESSING = {"neck_region": {"width_mm": [60.0, 200.0], "margin_mm": 100.0, "lateral_margin_mm": 60.0},
+                  "min_short_axis_px": 1.0}
 
 
 def load_checkpoint(path: Path) -> UNet:
@@ -80,7 +84,8 @@ def manifest(model: UNet, check: dict, extra_provenance: dict | None = None) -> 
     }
     prov.update(extra_provenance or {})
     return make_manifest("lnrt-edge-unet-phantom", VERSION, SPACING, INFER_PATCH,
-                         {"scheme": "window", "window_hu": list(WINDOW)}, prov, min_volume_mm3=10.0)
+                         {"scheme": "window", "window_hu": list(WINDOW)}, prov, min_volume_mm3=10.0,
+                         postprocessing=POSTPROCESSING)
 
 
 def package_checkpoint(ckpt: Path, out: Path, weights_out: Path | None = None) -> Path:

@@ -122,9 +122,13 @@ def _save_options(kw: dict) -> dict:
 @click.option("--max-memory-gb", type=click.FloatRange(0.1), default=None,
               help="Refuse volumes whose estimated peak memory is above this (default: 80% of RAM).")
 @click.option("--no-hu-check", is_flag=True, help="Skip the check that the scan is CT in HU.")
+@click.option("--all-regions", is_flag=True,
+              help="Report findings outside the neck too (turns off the model's neck-region rule).")
+@click.option("--min-short-axis-px", type=click.FloatRange(0), default=None,
+              help="Drop findings with a short axis below this many in-plane pixels (default: model's).")
 @with_common
 def infer(scan, model, backend, device, variant, threads, batch_size, tta, series_uid, max_memory_gb,
-          no_hu_check, out, overwrite, quiet, as_json, **kw):
+          no_hu_check, all_regions, min_short_axis_px, out, overwrite, quiet, as_json, **kw):
     """Segment and measure the lymph nodes of SCAN (an image file or a DICOM folder)."""
     from pathlib import Path
 
@@ -140,7 +144,8 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
     check_writable(out, stem_of(scan), overwrite, inputs=(scan,), extras=extras)
     mirror = None if tta is None else ((0, 1, 2) if tta else ())
     with Session(model, backend=backend, device=device, variant=variant, threads=threads,
-                 batch_size=batch_size, mirror_axes=mirror, memory_limit_gb=max_memory_gb) as session:
+                 batch_size=batch_size, mirror_axes=mirror, memory_limit_gb=max_memory_gb,
+                 neck_region=not all_regions, min_short_axis_px=min_short_axis_px) as session:
         result = session.run(scan, series_uid=series_uid, check_hu=not no_hu_check,
                              progress=Progress(not (quiet or as_json)))
     _finish(result, out, overwrite, as_json, quiet, save)

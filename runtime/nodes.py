@@ -35,16 +35,40 @@ def label_components(foreground: np.ndarray, connectivity: int = 26, min_voxels:
                                           return_N=True)
     if n and min_voxels > 1:
         counts = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = counts >= min_voxels
-        keep[0] = False
-        remap = np.zeros(n + 1, dtype=np.uint32)
-        n = int(keep.sum())
-        remap[keep] = np.arange(1, n + 1, dtype=np.uint32)
-        labels = remap[labels]
-    dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
-    out = np.zeros(fg.shape, dtype=dtype)
+        labels, n = _renumber(labels, counts >= min_voxels)
+    out = np.zeros(fg.shape, dtype=_label_dtype(n))
     out[crop] = labels
     return out, int(n)
+
+
+def _label_dtype(n: int):
+    return np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+
+
+def _renumber(labels: np.ndarray, keep: np.ndarray) -> tuple:
+    """Labels with only the ids where keep[id] (keep[0] ignored), renumbered 1..n in their old order."""
+    keep = np.asarray(keep, dtype=bool).copy()
+    keep[0] = False
+    n = int(keep.sum())
+    remap = np.zeros(keep.size, dtype=_label_dtype(n))
+    remap[keep] = np.arange(1, n + 1)
+    return remap[labels], n
+
+
+def keep_nodes(labels: np.ndarray, rows: list, keep) -> tuple:
+    """Drop the nodes where `keep` (one bool per row of `rows`) is False: (labels, rows) renumbered
+    1..n in their old order, so that a row's id is still its label. Inputs are not modified."""
+    keep = [bool(k) for k in keep]
+    if len(keep) != len(rows):
+        raise ValueError(f"keep has {len(keep)} entries for {len(rows)} nodes")
+    if all(keep):
+        return labels, rows
+    table = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+    for row, k in zip(rows, keep):
+        table[row["id"]] = k
+    new, _ = _renumber(labels, table)
+    kept = sorted((r for r, k in zip(rows, keep) if k), key=lambda r: r["id"])
+    return new, [dict(row, id=i) for i, row in enumerate(kept, start=1)]
 
 
 def _group(labels: np.ndarray) -> tuple:

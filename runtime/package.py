@@ -148,7 +148,7 @@ class ModelPackage:
 
 def make_manifest(name: str, version: str, spacing_zyx, patch_zyx, normalization: dict, provenance: dict,
                   classes=("background", "lymph_node"), min_volume_mm3: float = 10.0,
-                  sliding_window: dict | None = None) -> dict:
+                  sliding_window: dict | None = None, postprocessing: dict | None = None) -> dict:
     """A manifest with lnrt's defaults for everything a model does not set (file hashes filled later)."""
     return {
         "format": FORMAT, "name": name, "version": version,
@@ -159,7 +159,7 @@ def make_manifest(name: str, version: str, spacing_zyx, patch_zyx, normalization
         "output": {"name": "logits", "activation": "softmax"},
         "sliding_window": sliding_window or {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [],
                                              "batch_size": 2},
-        "postprocessing": {"min_volume_mm3": float(min_volume_mm3), "connectivity": 26},
+        "postprocessing": {"min_volume_mm3": float(min_volume_mm3), "connectivity": 26, **(postprocessing or {})},
         "body_crop": {"threshold_hu": -500.0, "margin_mm": 10.0},
         "provenance": provenance,
         "files": {"model.onnx": {}},

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,12 +27,13 @@ from . import __version__
 from .backends import available, create_backend
 from .errors import LnrtError
 from .imageio import ScanInfo, read_labels, read_scan, to_sitk
-from .nodes import label_components, node_table
+from .nodes import keep_nodes, label_components, node_table
 from .outputs import SCHEMA, check_writable, planned_extras, write_outputs, write_text
 from .package import ModelPackage
 from .preprocess import BodyCropConfig, Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample
+from .region import NeckRegion, NeckRegionConfig, find_neck_region
 from .sliding_window import SlidingWindowConfig, sliding_window
-from .volume import OBLIQUE_SILENT_DEG, Orientation, Volume, voxel_volume_mm3
+from .volume import OBLIQUE_SILENT_DEG, Orientation, Volume, voxel_volume_mm3, world_to_index
 
 log = logging.getLogger("lnrt")
 Progress = Callable[[str, int, int], None]
@@ -181,6 +182,7 @@ class Prepared:
     box: tuple | None  # the body's box on the model grid (None: no body)
     image: np.ndarray | None  # normalized network input inside the box (z, y, x) float32
     body: np.ndarray | None  # body mask inside the box
+    neck: NeckRegion | None = None  # where findings are reported, on the model grid (None: no rule)
 
 
 class Session:
@@ -190,7 +192,8 @@ class Session:
                  device: str = "auto", variant: str = "fp32", threads: int | None = None,
                  batch_size: int | None = None, mirror_axes: tuple | None = None,
                  overlap: float | None = None, min_volume_mm3: float | None = None,
-                 memory_limit_gb: float | None = None):
+                 memory_limit_gb: float | None = None, neck_region: bool = True,
+                 min_short_axis_px: float | None = None):
         self.package = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
         self.variant = variant
         # bf16 is not a file: the fp32 model with OpenVINO's bf16 precision hint
@@ -209,6 +212,10 @@ class Session:
         post = self.package.section("postprocessing")
         self.min_volume_mm3 = post.get("min_volume_mm3", 0.0) if min_volume_mm3 is None else min_volume_mm3
         self.connectivity = int(post.get("connectivity", 26))
+        # the package's postprocessing rules (README: Postprocessing); neck_region=False turns the region off
+        self.neck_region = NeckRegionConfig.from_manifest(post.get("neck_region")) if neck_region else None
+        self.min_short_axis_px = float(post.get("min_short_axis_px", 0.0) if min_short_axis_px is None
+                                       else min_short_axis_px)
         self.body = BodyCropConfig(**self.package.section("body_crop"))
         self.memory_limit_gb = memory_limit_gb or 0.8 * _physical_memory_gb()
 
@@ -267,8 +274,12 @@ class Session:
         box = bounding_box(body, margin)
         if box is None:
             return Prepared(native, mgrid, None, None, None)
+        neck = None
+        if self.neck_region:
+            outline = body if self.body.enabled else body_mask(hu, replace(self.body, enabled=True))
+            neck = find_neck_region(outline, mgrid.spacing, self.neck_region)
         x = normalize(hu[box_slices(box)], self.package.section("normalization"))
-        return Prepared(native, mgrid, box, x, body[box_slices(box)])
+        return Prepared(native, mgrid, box, x, body[box_slices(box)], neck)
 
     def run(self, scan: str | os.PathLike | Volume, series_uid: str | None = None,
             progress: Progress | None = None, check_hu: bool = True) -> Result:
@@ -342,16 +353,51 @@ class Session:
             nodes = node_table(labels, vol, orient, image=vol.array,
                                probability=orient.from_canonical(fg_prob_c),
                                classmap=class_in if n_classes > 2 else None, class_names=pkg.classes)
+            labels, nodes, rules = self._apply_rules(labels, nodes, vol, orient, prep, warnings, source)
         settings = {"sliding_window": {k: (list(v) if isinstance(v, tuple) else v)
                                        for k, v in self.window.__dict__.items()},
                     "model_grid_zyx": list(mgrid.shape), "body_box_zyx": box and [list(b) for b in box],
                     "tiles": tile_count[0],
                     "min_volume_mm3": self.min_volume_mm3, "connectivity": self.connectivity,
+                    "rules": rules,
                     "orientation": {"perm": list(orient.perm), "flip": list(orient.flip),
                                     "obliquity_deg": round(orient.obliquity_deg, 3)}}
         timer.timings["total"] = sum(timer.timings.values())
         return Result(labels=labels, geometry=vol, nodes=nodes, timings=timer.timings, info=info,
                       model=self.model_info(), settings=settings, warnings=warnings)
+
+    def _apply_rules(self, labels, nodes, vol: Volume, orient: Orientation, prep: Prepared,
+                     warnings: list, source: str) -> tuple:
+        """The package's rules on which components are findings (README: Postprocessing): the neck
+        region and the resolution floor. Returns (labels, nodes, what each rule did)."""
+        rules: dict = {}
+        keep = np.ones(len(nodes), dtype=bool)
+        native, mgrid = prep.native, prep.grid
+        if self.min_short_axis_px > 0:
+            floor = self.min_short_axis_px * min(native.spacing[1:])
+            thin = np.array([n["short_axis_mm"] < floor for n in nodes], dtype=bool)
+            rules["min_short_axis"] = {"px": self.min_short_axis_px, "mm": round(floor, 3),
+                                       "dropped": int(thin.sum())}
+            keep &= ~thin
+        if self.neck_region and prep.neck is not None:
+            neck = prep.neck
+            outside = np.zeros(len(nodes), dtype=bool)
+            if nodes:
+                idx = world_to_index(vol, np.array([n["centroid_mm"] for n in nodes]))
+                c = orient.input_index_to_canonical(idx, vol.shape)
+                k = np.floor((c[:, 0] + 0.5) * native.spacing[0] / mgrid.spacing[0])
+                outside = ~neck.contains(k, (c[:, 2] + 0.5) * native.spacing[2])
+            rules["neck_region"] = {**self.neck_region.to_dict(), "neck_sized": neck.found,
+                                    "across_mm": neck.x_mm and [round(v, 1) for v in neck.x_mm],
+                                    "dropped": int((outside & keep).sum())}
+            keep &= ~outside
+            if not neck.found:
+                lo, hi = self.neck_region.width_mm
+                warnings.append(f"{source}: no neck-sized body section (left-right width {lo:g}-{hi:g} mm) in "
+                                f"this scan; the model is for the neck, so no nodes are reported "
+                                f"({int(outside.sum())} found; --all-regions reports them)")
+        labels, nodes = keep_nodes(labels, nodes, keep)
+        return labels, nodes, rules
 
     def close(self) -> None:
         self.backend.close()

@@ -127,6 +127,16 @@ class Orientation:
             out[..., self.perm[c]] = v
         return out
 
+    def input_index_to_canonical(self, idx_zyx, input_shape) -> np.ndarray:
+        """Map input array (z, y, x) indices, shape (..., 3), to canonical indices (the inverse of
+        `canonical_index_to_input`)."""
+        idx = np.asarray(idx_zyx, dtype=np.float64)
+        out = np.empty_like(idx)
+        for c in range(3):
+            v = idx[..., self.perm[c]]
+            out[..., c] = (input_shape[self.perm[c]] - 1) - v if self.flip[c] else v
+        return out
+
     def canonical_volume(self, vol: Volume) -> Volume:
         """The same voxels viewed in canonical order, with geometry that keeps every voxel's place."""
         arr = self.to_canonical(vol.array)

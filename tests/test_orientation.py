@@ -29,6 +29,7 @@ def test_canonical_view_keeps_every_voxel_in_place(direction):
         assert vol.array[tuple(idx_in)] == can.array[idx_c]
         np.testing.assert_allclose(vol.index_to_world(idx_in), can.index_to_world(idx_c), atol=1e-9)
         np.testing.assert_allclose(world_to_index(vol, vol.index_to_world(idx_in)), idx_in, atol=1e-9)
+        np.testing.assert_allclose(o.input_index_to_canonical(idx_in, vol.shape), idx_c, atol=1e-12)
 
 
 def test_small_obliquity_is_accepted_and_reported():
