@@ -27,6 +27,22 @@ def test_default_model_finds_the_sample_nodes(tmp_path):
     assert r["false_positives"] <= 3 and r["dice"] > 0.6
 
 
+def test_default_model_reports_nothing_on_a_real_abdomen(shared_data):
+    """The issue's wrong-region control, end to end: the network marks soft tissue in a real abdomen, and
+    the package's neck-region rule reports none of it, with a warning; --all-regions shows it all."""
+    scan = shared_data / "nifti" / "abdomen_3mm_30slices.nii.gz"
+    with lnrt.Session() as s:
+        res = s.run(scan)
+    with lnrt.Session(neck_region=False) as s:
+        every = s.run(scan)
+    assert res.nodes == [] and not res.labels.any()
+    assert any("no neck-sized body section" in w for w in res.warnings)
+    rules = res.settings["rules"]
+    assert rules["neck_region"]["neck_sized"] is False
+    assert rules["neck_region"]["dropped"] + rules["min_short_axis"]["dropped"] > 0
+    assert len(every.nodes) == rules["neck_region"]["dropped"] > 0
+
+
 def test_shipped_onnx_reproduces_from_the_committed_weights():
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
