@@ -132,6 +132,9 @@ def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path
     shutil.copyfile(pkg.onnx_path("fp32"), tmp / VARIANT_FILES["fp32"])
     (tmp / VARIANT_FILES[variant]).write_bytes(model_bytes)
     manifest["files"] = {VARIANT_FILES["fp32"]: {}, VARIANT_FILES[variant]: {}}
+    # the candidate is a new file: verdicts recorded for the package's earlier one do not apply to it
+    # (they would make Session refuse the backend being gated)
+    manifest.pop("variants", None)
     write_manifest(tmp, manifest)
     return ModelPackage.load(tmp)
 

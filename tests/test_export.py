@@ -217,6 +217,11 @@ def test_gate_passes_fp16_and_fails_a_broken_variant(placeholder_package, tmp_pa
         assert forced["fp16"]["written"] and "fp16" in ModelPackage.load(pkg_dir2).variants()
     finally:
         va.to_fp16 = original
+    # exporting again gates the new file: the failures recorded for the old one (here on every
+    # backend) must not make the gate's own session refuse to run it
+    assert ModelPackage.load(pkg_dir2).gate_failed_on("fp16")
+    again = va.add_variants(pkg_dir2, ["fp16"], n_gate=1)
+    assert again["fp16"]["passed"] and ModelPackage.load(pkg_dir2).gate_failed_on("fp16") == {}
     with pytest.raises(LnrtError, match="cannot build variant"):
         va.add_variants(pkg_dir, ["fp8"])
 
