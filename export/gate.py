@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lnrt.atomic import write_json
 from lnrt.compare import compare_results, match_nodes, padded_input, tile_parity  # noqa: F401 (re-exported)
 from lnrt.package import VARIANT_FILES, ModelPackage, write_manifest
 
@@ -198,11 +199,7 @@ def summary_line(report: dict) -> dict:
 
 
 def save_report(root: Path, variant: str, report: dict) -> Path:
-    path = Path(root) / f"parity.{variant}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json(Path(root) / f"parity.{variant}.json", report)
 
 
 __all__ = ["GateConfig", "run_gate", "summary_line", "gate_volumes", "calibration_tiles", "layer_errors", "save_report",

@@ -17,11 +17,11 @@ No torch here; TensorRT is imported lazily and can be injected (tests use a stri
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from lnrt import engine_cache
+from lnrt.atomic import write_bytes
 from lnrt.errors import LnrtError
 from lnrt.package import ModelPackage
 
@@ -39,18 +39,13 @@ def import_tensorrt():
 
 
 def gpu_info(device: int = 0) -> tuple:
-    """(name, (major, minor)) of a CUDA GPU through CuPy; a clear error without one."""
-    try:
-        import cupy
-    except ImportError:
-        raise LnrtError("CuPy is not installed, so the GPU cannot be queried; install it with: "
-                        "pip install 'lnrt[gpu]'") from None
-    try:
-        props = cupy.cuda.runtime.getDeviceProperties(device)
-    except Exception as exc:  # CUDARuntimeError and driver errors
-        raise LnrtError(f"no usable CUDA GPU ({str(exc)[:120]}); TensorRT engines need an NVIDIA GPU") from None
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    return name, (int(props["major"]), int(props["minor"]))
+    """(name, (major, minor)) of the CUDA GPU (lnrt.device's probe); a clear error without one."""
+    from lnrt.device import probe_gpu
+
+    probe = probe_gpu(device)
+    if probe.compute_capability is None:
+        raise LnrtError(f"no usable CUDA GPU ({probe.reason}); TensorRT engines need an NVIDIA GPU")
+    return probe.name, probe.compute_capability
 
 
 def trt_major(trt) -> int:
@@ -110,9 +105,7 @@ def build_engine(package, variant: str = "fp16", max_batch: int = 4, opt_batch: 
         raise LnrtError(f"{onnx_path}: TensorRT {trt.__version__} failed to build an engine on {name}; "
                         "see TensorRT's log above (workspace too small: raise --workspace-gb)")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = timing_path.with_name(f".{timing_path.name}.tmp")
-    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    os.replace(tmp, timing_path)
+    write_bytes(timing_path, bytes(config.get_timing_cache().serialize()))
     info = {"package": pkg.name, "package_version": pkg.version, "onnx": str(onnx_path),
             "build_seconds": round(time.perf_counter() - t0, 2), "workspace_gb": workspace_gb,
             "input": inp.name, "patch_zyx": list(patch), "timing_cache": str(timing_path),

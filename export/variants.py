@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from lnrt.atomic import write_bytes
 from lnrt.errors import LnrtError
 from lnrt.package import MANIFEST, VARIANT_FILES, ModelPackage, sha256_of
 
@@ -45,9 +45,7 @@ def calibration_volumes(calib=None, n_phantoms: int = 4) -> list:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)
 
 
 def gate_backends() -> list:

@@ -20,14 +20,15 @@ _modules: dict = {}
 
 
 def cupy():
-    try:
-        import cupy as cp
-    except ImportError:
-        raise missing_extra("cupy", "gpu") from None
-    try:
-        cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError: no driver or no device
-        raise LnrtError(f"no usable CUDA GPU ({str(exc)[:120]}); use --device cpu") from None
+    """CuPy, once lnrt.device's probe has found a usable GPU; a one-line error otherwise."""
+    from lnrt.device import probe_gpu
+
+    probe = probe_gpu()
+    if not probe.ok:
+        if "not installed" in probe.reason:
+            raise missing_extra("cupy", "gpu")
+        raise LnrtError(f"no usable CUDA GPU ({probe.reason}); use --device cpu")
+    import cupy as cp
     return cp
 
 
@@ -57,11 +58,14 @@ def _sync(what: str) -> None:
         raise RuntimeError(f"CUDA kernel failure in {what}: {exc}") from exc
 
 
-def label_components(mask, connectivity: int = 26):
-    """(labels uint32 (z, y, x) on the device, N): ids 1..N in raster order of first voxels (cc3d's)."""
+def label_components(mask, connectivity: int = 26, min_voxels: int = 0):
+    """(labels on the device, N): the contract of the CPU twin `lnrt.nodes.label_components` (ids 1..N
+    in raster order of first voxels, components below `min_voxels` removed and the rest renumbered,
+    uint16 or uint32 past 65 535, `LnrtError` for a bad connectivity or shape)."""
+    from lnrt.nodes import check_connectivity, renumber
+
     cp = cupy()
-    if connectivity not in (6, 18, 26):
-        raise LnrtError(f"connectivity {connectivity}: expected 6, 18 or 26")
+    check_connectivity(connectivity)
     mask = cp.ascontiguousarray(cp.asarray(mask) != 0).view(cp.uint8)
     if mask.ndim != 3:
         raise LnrtError(f"mask of shape {mask.shape}: expected a 3D (z, y, x) volume")
@@ -82,23 +86,32 @@ def label_components(mask, connectivity: int = 26):
     _launch(mod, "relabel", n, parent, rank, labels, ntype(n))
     _sync("connected components")
     count = int(rank[-1]) if n else 0
-    return labels, count
+    if count and min_voxels > 1:
+        sizes = cp.bincount(labels.ravel(), minlength=count + 1)
+        return renumber(labels, cp.asnumpy(sizes >= min_voxels))
+    dtype = cp.uint16 if count <= np.iinfo(np.uint16).max else cp.uint32
+    return labels.astype(dtype, copy=False), count
 
 
-def component_stats(labels, n_labels: int, image=None, prob=None, classes=None, n_classes: int = 0) -> dict:
-    """Per-component count, bbox (z0, y0, x0, z1, y1, x1 inclusive), centroid (z, y, x voxels), intensity
-    and probability sums and class votes, as NumPy arrays indexed by id - 1."""
+def component_stats(labels, n_labels: int, image=None, prob=None, classes=None, n_classes: int = 0,
+                    first_map: tuple | None = None) -> dict:
+    """The fields and dtypes of the CPU twin `lnrt.nodes.component_stats`, as NumPy arrays indexed by
+    id - 1: count, bbox (z0, y0, x0, z1, y1, x1 inclusive), sums (z, y, x, intensity, probability),
+    votes (or None), first."""
     cp = cupy()
     labels = cp.ascontiguousarray(cp.asarray(labels, dtype=cp.uint32))
     nz, ny, nx = labels.shape
     n = labels.size
     k = max(int(n_labels), 1)
+    base, (sz, sy, sx) = first_map or (0, (ny * nx, nx, 1))
     count = cp.zeros(k, dtype=cp.uint64)
     bbox = cp.empty((k, 6), dtype=cp.int32)
     bbox[:, :3] = np.iinfo(np.int32).max
     bbox[:, 3:] = -1
     sums = cp.zeros((k, 5), dtype=cp.float64)
+    with_votes = classes is not None and n_classes > 0
     votes = cp.zeros((k, max(n_classes, 1)), dtype=cp.uint64)
+    first = cp.full(k, np.iinfo(np.uint64).max, dtype=cp.uint64)
 
     def dev(a, dtype):
         return None if a is None else cp.ascontiguousarray(cp.asarray(a, dtype=dtype))
@@ -108,11 +121,9 @@ def component_stats(labels, n_labels: int, image=None, prob=None, classes=None, 
     null = np.uintp(0)
     _launch(mod, "component_stats", n, labels, img if img is not None else null, pr if pr is not None else null,
             cl if cl is not None else null, np.int32(nz), np.int32(ny), np.int32(nx), np.uint32(n_labels),
-            np.int32(n_classes), count, bbox, sums, votes)
+            np.int32(n_classes if with_votes else 0), np.int64(base), np.int64(sz), np.int64(sy), np.int64(sx),
+            count, bbox, sums, votes, first)
     _sync("component statistics")
-    c = cp.asnumpy(count)[:n_labels].astype(np.int64)
-    s = cp.asnumpy(sums)[:n_labels]
-    safe = np.maximum(c, 1)[:, None]
-    return {"count": c, "bbox": cp.asnumpy(bbox)[:n_labels], "centroid": s[:, :3] / safe,
-            "intensity_sum": s[:, 3], "probability_sum": s[:, 4],
-            "votes": cp.asnumpy(votes)[:n_labels] if n_classes else None}
+    m = int(n_labels)
+    return {"count": cp.asnumpy(count)[:m], "bbox": cp.asnumpy(bbox)[:m], "sums": cp.asnumpy(sums)[:m],
+            "votes": cp.asnumpy(votes)[:m] if with_votes else None, "first": cp.asnumpy(first)[:m]}

@@ -2,13 +2,12 @@
 
 The lean core: importing it never imports torch. See `Session` and `measure`.
 """
-__version__ = "0.1.0"
-
-from .errors import LnrtError  # noqa: E402
-from .imageio import read_scan  # noqa: E402
-from .package import ModelPackage  # noqa: E402
-from .session import Result, Session, measure  # noqa: E402
-from .volume import Orientation, Volume  # noqa: E402
+from ._version import __version__
+from .errors import LnrtError
+from .imageio import read_scan
+from .package import ModelPackage
+from .session import Result, Session, measure
+from .volume import Orientation, Volume
 
 
 def sample_path():

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path, write_json
 from .errors import LnrtError
+from .optional import require
 
 STAGES = ("read", "preprocess", "network", "accumulate", "postprocess", "components", "measure", "write")
 COLORS = {"read": (120, 144, 156), "preprocess": (66, 165, 245), "network": (239, 83, 80),
@@ -85,14 +87,9 @@ def _version(module: str) -> str | None:
 
 
 def gpu_info() -> dict | None:
-    try:
-        import cupy
-        props = cupy.cuda.runtime.getDeviceProperties(0)
-        return {"name": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
-                "compute_capability": f"{props['major']}.{props['minor']}",
-                "driver": cupy.cuda.runtime.driverGetVersion(), "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
-    except Exception:  # no CuPy, no driver, no device
-        return None
+    """The GPU this machine has (lnrt.device's probe), or None."""
+    from .device import probe_gpu
+    return probe_gpu().to_dict()
 
 
 def machine_info(threads: int | None = None) -> dict:
@@ -168,11 +165,7 @@ def save_result(result: dict, folder, kind: str | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = result_name(result) if kind is None else f"{result['machine']['host']}-{result['date']}-{kind}.json"
-    path = folder / name
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json(folder / name, result)
 
 
 def load_results(paths) -> list:
@@ -214,10 +207,8 @@ def compare_table(results: list) -> str:
 
 def compare_chart(results: list, path) -> Path:
     """Stacked horizontal bars of the median stage times, one bar per result (PNG, Pillow)."""
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError:
-        raise LnrtError("Pillow is not installed, so no chart; install it with: pip install 'lnrt[qc]'") from None
+    require("PIL", "qc", "Pillow")
+    from PIL import Image, ImageDraw
     labels = [_label(r) for r in results]
     totals = [sum(r["stages_s"][k]["median"] for k in STAGES) for r in results]
     width, left, bar, gap, top = 1000, 360, 26, 14, 40
@@ -242,11 +233,9 @@ def compare_chart(results: list, path) -> Path:
         d.rectangle([lx, ly, lx + 14, ly + 14], fill=COLORS[k])
         d.text((lx + 18, ly + 2), k, fill="black")
         lx += 24 + 8 * len(k)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        img.save(tmp)
+    return Path(path)
 
 
 def format_result(r: dict) -> str:

@@ -11,7 +11,9 @@ import time
 
 import click
 
-from . import __version__
+from ._version import __version__
+from .backends import NAMES as BACKEND_NAMES
+from .device import DEVICES
 from .errors import LnrtError
 
 
@@ -107,12 +109,16 @@ def _save_options(kw: dict) -> dict:
                                    kw.pop("device_serial"), kw.pop("institution"))}
 
 
+def _flags(save: dict) -> tuple:
+    return tuple(save[k] for k in ("viewer", "qc", "dicom_seg", "dicom_sr"))
+
+
 @cli.command()
 @click.argument("scan", type=click.Path(exists=False))
 @click.option("--model", type=click.Path(), default=None, help="Model package folder (default: embedded).")
-@click.option("--backend", type=click.Choice(["auto", "openvino", "onnxruntime"]), default="auto",
-              show_default=True, help="auto: OpenVINO when installed, else ONNX Runtime.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="auto",
+              show_default=True, help="auto: the first usable of " + ", ".join(BACKEND_NAMES[1:]) + ".")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True,
               help="Model precision; bf16 is the fp32 model with OpenVINO's bf16 hint (CPUs with bf16).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
@@ -133,15 +139,11 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
     from pathlib import Path
 
     from .imageio import stem_of
-    from .outputs import check_writable, planned_extras
+    from .outputs import plan
     from .session import Session
 
     save = _save_options(kw)
-    extras = planned_extras(Path(scan).is_dir(), **{k: save[k] for k in ("viewer", "qc", "dicom_seg", "dicom_sr")})
-    if "dicom_seg" in extras and not Path(scan).is_dir():
-        raise LnrtError(f"{scan}: DICOM SEG and SR need a DICOM series as input; expected a DICOM folder "
-                        "(or drop --dicom-seg/--dicom-sr)")
-    check_writable(out, stem_of(scan), overwrite, inputs=(scan,), extras=extras)
+    plan(out, stem_of(scan), overwrite, (scan,), Path(scan).is_dir(), *_flags(save))
     mirror = None if tta is None else ((0, 1, 2) if tta else ())
     with Session(model, backend=backend, device=device, variant=variant, threads=threads,
                  batch_size=batch_size, mirror_axes=mirror, memory_limit_gb=max_memory_gb,
@@ -163,7 +165,7 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
 def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, as_json, **kw):
     """Measure the nodes of an existing segmentation LABELS (instance ids or a binary mask)."""
     from .imageio import stem_of
-    from .outputs import check_writable, planned_extras
+    from .outputs import plan
     from .session import measure as run_measure
 
     save = _save_options(kw)
@@ -172,8 +174,7 @@ def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, 
                         "on the DICOM folder")
     if save["qc"] and image is None:
         raise LnrtError("--qc needs the CT: give it with --image")
-    check_writable(out, stem_of(labels), overwrite, inputs=tuple(p for p in (labels, image) if p),
-                   extras=planned_extras(False, **{k: save[k] for k in ("viewer", "qc", "dicom_seg", "dicom_sr")}))
+    plan(out, stem_of(labels), overwrite, tuple(p for p in (labels, image) if p), False, *_flags(save))
     result = run_measure(labels, image=image, connectivity=int(connectivity),
                          min_volume_mm3=min_volume_mm3)
     _finish(result, out, overwrite, as_json, quiet, save)
@@ -191,13 +192,8 @@ def evaluate(pred, truth, as_json, out_file):
 
     result = run_evaluate(pred, truth)
     if out_file:
-        from pathlib import Path
-
-        from .imageio import atomic_target
-        target = Path(out_file)
-        tmp = atomic_target(target)
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(target)
+        from .atomic import write_json
+        write_json(out_file, result)
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
@@ -376,7 +372,7 @@ def compare(package, scan, variants, backends, threads, as_json):
 @click.option("--synthetic", default=None, help="Benchmark a generated neck phantom of X x Y x Z voxels "
               "(0.5 x 0.5 x 1 mm), e.g. 512x512x250.")
 @click.option("--model", type=click.Path(), default=None, help="Model package (default: embedded).")
-@click.option("--backend", type=click.Choice(["auto", "openvino", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="auto", show_default=True)
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True)
 @click.option("--repeat", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)

@@ -16,15 +16,15 @@ The category has no standard code we know of, so it uses the private scheme 99LN
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import LnrtError, missing_extra
-from .imageio import atomic_target
+from ._version import __version__
+from .atomic import atomic_path
+from .errors import LnrtError
+from .optional import require
 
 RECIST_SCHEME = "99LNRT"
 RECIST_CONCEPT = ("LNRT-1", "RECIST 1.1 lymph node category")
@@ -42,13 +42,9 @@ class Equipment:
 
 
 def _hd():
-    try:
-        import highdicom as hd
-        import pydicom
-        from pydicom.sr.codedict import codes
-    except ImportError:
-        raise missing_extra("highdicom", "clinical") from None
-    return hd, pydicom, codes
+    hd = require("highdicom", "clinical")
+    pydicom = require("pydicom", "clinical")
+    return hd, pydicom, require("pydicom.sr.codedict", "clinical", "pydicom").codes
 
 
 def _source_datasets(files: list, source: str) -> list:
@@ -59,13 +55,8 @@ def _source_datasets(files: list, source: str) -> list:
 
 
 def _write(ds, path: Path) -> None:
-    tmp = atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         ds.save_as(str(tmp), enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _fix_spacing_sign(ds) -> None:

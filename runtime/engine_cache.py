@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import write_bytes, write_json
+
 
 def cache_dir() -> Path:
     root = os.environ.get("LNRT_CACHE") or Path.home() / ".cache" / "lnrt"
@@ -52,9 +54,6 @@ def store(key: dict, engine_bytes: bytes, info: dict, root: Path | None = None) 
     """Write engine and sidecar atomically (temp names, then rename; the sidecar last)."""
     engine, sidecar = paths(key, root)
     engine.parent.mkdir(parents=True, exist_ok=True)
-    for path, data in ((engine, engine_bytes),
-                       (sidecar, (json.dumps({"key": key, **info}, indent=2) + "\n").encode())):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    write_bytes(engine, engine_bytes)
+    write_json(sidecar, {"key": key, **info})
     return engine

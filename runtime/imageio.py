@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_path
 from .errors import LnrtError
 from .volume import Volume
 
@@ -293,19 +293,6 @@ def read_labels(path: str | os.PathLike) -> Volume:
     return vol
 
 
-def atomic_target(final: Path) -> Path:
-    """A temporary name in the same folder that keeps the final name's suffixes (for SimpleITK)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + "".join(final.suffixes),
-                               dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_image(image: sitk.Image, path: Path, compress: bool = True) -> None:
-    tmp = atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

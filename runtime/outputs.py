@@ -10,12 +10,13 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import SimpleITK as sitk
 
+from .atomic import Staging
 from .errors import LnrtError
-from .imageio import atomic_target
 
 SCHEMA = "lnrt.report/1"
 SUFFIXES = {"labels": ".nodes.nii.gz", "report": ".report.json", "csv": ".nodes.csv"}
@@ -63,6 +64,36 @@ def check_writable(out_dir: str | os.PathLike, stem: str, overwrite: bool,
     return paths
 
 
+@dataclass(frozen=True)
+class OutputPlan:
+    """What a save will write, checked before any work: the paths (the three contract files first,
+    then the extras) and whether existing ones may be replaced."""
+
+    out_dir: Path
+    stem: str
+    paths: dict
+    extras: tuple
+    overwrite: bool
+
+    def without(self, *keys: str) -> "OutputPlan":
+        """The same plan less some extras (an automatic DICOM SEG that cannot be built)."""
+        return replace(self, paths={k: v for k, v in self.paths.items() if k not in keys},
+                       extras=tuple(e for e in self.extras if e not in keys))
+
+
+def plan(out_dir: str | os.PathLike, stem: str, overwrite: bool = False, inputs: tuple = (),
+         is_dicom: bool = False, viewer: bool = True, qc: bool = False, dicom_seg: bool | None = None,
+         dicom_sr: bool = False) -> OutputPlan:
+    """The pre-flight of a save, done once by the CLI before any work and once by `Result.save`: which
+    files, whether they may be written there, and whether the input can give what was asked."""
+    extras = planned_extras(is_dicom, viewer, qc, dicom_seg, dicom_sr)
+    if "dicom_seg" in extras and not is_dicom:
+        raise LnrtError(f"{inputs[0] if inputs else stem}: DICOM SEG and SR need a DICOM series as input; "
+                        "expected a DICOM folder (or drop --dicom-seg/--dicom-sr)")
+    paths = check_writable(out_dir, stem, overwrite, inputs, extras)
+    return OutputPlan(Path(out_dir), stem, paths, extras, overwrite)
+
+
 def nodes_csv(nodes: list) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -77,34 +108,16 @@ def nodes_csv(nodes: list) -> str:
     return buf.getvalue()
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = atomic_target(path)
+def write_outputs(plan: OutputPlan, label_image: sitk.Image, report: dict) -> dict:
+    """The three contract files, all or nothing (the plan was checked by `plan`)."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: plan.paths[k] for k in SUFFIXES}
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_outputs(out_dir: str | os.PathLike, stem: str, label_image: sitk.Image, report: dict,
-                  overwrite: bool = False, inputs: tuple = ()) -> dict:
-    paths = check_writable(out_dir, stem, overwrite, inputs)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    staged = {}
-    try:
-        staged["labels"] = atomic_target(paths["labels"])
-        sitk.WriteImage(label_image, str(staged["labels"]), useCompression=True)
-        staged["report"] = atomic_target(paths["report"])
-        staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        staged["csv"] = atomic_target(paths["csv"])
-        staged["csv"].write_text(nodes_csv(report["nodes"]), encoding="utf-8")
-        for key, tmp in staged.items():
-            os.replace(tmp, paths[key])
+        with Staging() as staged:
+            sitk.WriteImage(label_image, str(staged.path(paths["labels"])), useCompression=True)
+            staged.path(paths["report"]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            staged.path(paths["csv"]).write_text(nodes_csv(report["nodes"]), encoding="utf-8")
+            staged.commit()
     except OSError as exc:
-        raise LnrtError(f"{out_dir}: cannot write outputs ({exc.strerror or exc})") from None
-    finally:
-        for tmp in staged.values():
-            if tmp.exists():
-                tmp.unlink()
+        raise LnrtError(f"{plan.out_dir}: cannot write outputs ({exc.strerror or exc})") from None
     return paths

@@ -12,14 +12,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import missing_extra
+from .atomic import Staging
+from .optional import require
 from .viewer import node_color, node_name
 from .volume import Orientation, world_to_index
 
@@ -30,10 +28,8 @@ LONG_RGB, SHORT_RGB = (255, 230, 0), (0, 230, 255)
 
 
 def _pil():
-    try:
-        from PIL import Image, ImageDraw, ImageFont
-    except ImportError:
-        raise missing_extra("Pillow", "qc") from None
+    require("PIL", "qc", "Pillow")
+    from PIL import Image, ImageDraw, ImageFont
     return Image, ImageDraw, ImageFont
 
 
@@ -213,19 +209,10 @@ def write_qc(out_dir: Path, stem: str, page: str, files: dict) -> dict:
     out_dir = Path(out_dir)
     html_path, folder = out_dir / f"{stem}.qc.html", out_dir / f"{stem}.qc"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.qc.", dir=out_dir))
-    tmp_page = out_dir / f".{stem}.qc.html.part"
-    try:
+    with Staging() as staged:
+        tmp = staged.path(folder, folder=True)
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        tmp_page.write_text(page, encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        os.replace(tmp_page, html_path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if tmp_page.exists():
-            tmp_page.unlink()
+        staged.path(html_path).write_text(page, encoding="utf-8")
+        staged.commit()
     return {"qc_html": html_path, "qc_dir": folder}

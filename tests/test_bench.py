@@ -95,7 +95,10 @@ def test_auto_backend_falls_back_to_onnxruntime_without_openvino(monkeypatch):
     import lnrt
     from lnrt import backends
 
-    monkeypatch.setattr(backends, "_openvino_available", lambda: (False, "openvino is not installed"))
+    from dataclasses import replace
+
+    spec = replace(backends.REGISTRY["openvino"], probe=lambda: (False, "openvino is not installed"))
+    monkeypatch.setitem(backends.REGISTRY, "openvino", spec)
     pkg = lnrt.ModelPackage.load()
     assert backends.create_backend(pkg.onnx_path(), "auto", "cpu").name == "onnxruntime"
     assert backends.available() == ["onnxruntime"]

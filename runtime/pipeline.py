@@ -1,0 +1,358 @@
+"""The pipeline of one scan: stages over a `Device`, each a function of (scan context, device) with one job.
+
+    prepare     canonical view -> model grid -> body mask, body box, neck region -> normalized input
+    window      sliding window over the body's tiles (the backend's calls timed as "network")
+    restore     activation -> back onto the scan's canonical grid, only where a node can be
+    components  connected components on the canonical grid + per-component statistics (one pass)
+    rules       the package's rules on the statistics: size floor, neck region (centroids only)
+    measure     RECIST axes and report rows of the components that can still be reported
+    output      the resolution floor (needs axes), then one renumbering into the input's array order
+
+The scan's data enters in its canonical orientation (axial slices are `array[k]`, LPS) at `prepare` and
+stays so until `output`, which writes the label map in the input's array order once. Node ids follow the
+contract of docs/ARCHITECTURE.md (raster order of each node's first voxel in the *input* array), from
+the statistics' `first` field, so the outputs are those of labelling the input array directly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from .config import RunConfig
+from .device import Device
+from .imageio import ScanInfo
+from .nodes import Frame, component_stats, index_map, label_components, label_dtype, measure_nodes, renumber
+from .preprocess import Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample, resampler
+from .region import NeckRegion, find_neck_region
+from .sliding_window import sliding_window
+from .volume import OBLIQUE_SILENT_DEG, Orientation, Volume, voxel_volume_mm3
+
+log = logging.getLogger("lnrt")
+Progress = Callable[[str, int, int], None]
+# A native voxel can be foreground only if one of the 8 model-grid values it interpolates exceeds 0.5.
+# Scores below this never count (0.001 below 0.5: far beyond float32 rounding of the interpolation).
+CANDIDATE_SCORE = 0.5 - 1e-3
+
+
+@dataclass
+class Prepared:
+    """The network's input for a scan (what `prepare` makes)."""
+
+    native: Grid  # the scan's grid in canonical order
+    grid: Grid  # the model grid over the same extent
+    box: tuple | None  # the body's box on the model grid (None: no body)
+    image: np.ndarray | None  # normalized network input inside the box (z, y, x) float32
+    body: np.ndarray | None  # body mask inside the box
+    neck: NeckRegion | None = None  # where findings are reported, on the model grid (None: no rule)
+
+
+@dataclass
+class Scan:
+    """One scan's state as it passes through the stages; each stage fills its own fields."""
+
+    vol: Volume  # the input as read (array in the input's order)
+    info: ScanInfo
+    config: RunConfig
+    orient: Orientation
+    backend: object = None
+    progress: Progress | None = None
+    warnings: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    prep: Prepared | None = None  # prepare
+    logits: np.ndarray | None = None  # window: (K, z, y, x) on the body box of the model grid
+    covered: np.ndarray | None = None
+    tiles: int = 0
+    fg_box: tuple | None = None  # restore: canonical native box holding every possible node voxel
+    fg: np.ndarray | None = None  # ... foreground there (bool), its probability and (K > 2) classes
+    prob: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    labels: np.ndarray | None = None  # components: labels over fg_box (canonical, uint32 or uint16)
+    stats: dict | None = None
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids still reported
+    rules: dict = field(default_factory=dict)
+    nodes: list = field(default_factory=list)  # measure: one row per id in `ids`
+    output: np.ndarray | None = None  # output: the label map in the input's array order
+
+    @property
+    def source(self) -> str:
+        return self.info.path
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        log.warning("%s", msg)
+
+
+def orientation(vol: Volume, source: str, warnings: list) -> Orientation:
+    o = Orientation.of(vol.direction, source)
+    if o.obliquity_deg > OBLIQUE_SILENT_DEG:
+        msg = (f"{source}: image axes are {o.obliquity_deg:.1f} degrees oblique; axes are measured in "
+               "the image's own slice plane, the mask stays on the input grid")
+        warnings.append(msg)
+        log.warning(msg)
+    return o
+
+
+# -- prepare ---------------------------------------------------------------------------------------
+def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig) -> Prepared:
+    """The canonical scan resampled to the model grid, cropped to the body's box and normalized (what
+    the sliding window sees), with the body mask and the neck region."""
+    ct_c = orient.to_canonical(vol.array)
+    native = Grid(ct_c.shape, tuple(vol.spacing_zyx[list(orient.perm)]))
+    mgrid = model_grid(native, cfg.spacing_zyx)
+    hu = resample(ct_c, native, mgrid, linear=True, default=-1024.0)
+    body = body_mask(hu, cfg.body)
+    margin = [math.ceil(cfg.body.margin_mm / s) for s in mgrid.spacing]
+    box = bounding_box(body, margin)
+    if box is None:
+        return Prepared(native, mgrid, None, None, None)
+    neck = None
+    if cfg.neck:
+        outline = body if cfg.body.enabled else body_mask(hu, replace(cfg.body, enabled=True))
+        neck = find_neck_region(outline, mgrid.spacing, cfg.neck)
+    x = normalize(hu[box_slices(box)], cfg.recipe)
+    return Prepared(native, mgrid, box, x, body[box_slices(box)], neck)
+
+
+def prepare(scan: Scan, dev: Device) -> None:
+    scan.prep = prepare_volume(scan.vol, scan.orient, scan.config)
+    if scan.prep.box is None:
+        scan.warnings.append(f"{scan.source}: no body found above {scan.config.body.threshold_hu:g} HU; no nodes")
+
+
+# -- window ----------------------------------------------------------------------------------------
+def window(scan: Scan, dev: Device) -> None:
+    """Sliding-window logits over the body's tiles; the backend's own time is the "network" stage."""
+    prep = scan.prep
+    if prep.box is None:
+        return
+    net = [0.0]
+
+    def predict(batch):
+        t0 = dev.clock()
+        out = scan.backend.run(batch)
+        net[0] += dev.clock() - t0
+        return out
+
+    def tiles_done(done, total):
+        scan.tiles = total
+        if scan.progress:
+            scan.progress("network", done, total)
+
+    t0 = dev.clock()
+    scan.logits, scan.covered = sliding_window(prep.image, predict, scan.config.window, mask=prep.body,
+                                               progress=tiles_done)
+    scan.timings["network"] = net[0]
+    scan.timings["accumulate"] = dev.clock() - t0 - net[0]
+
+
+# -- restore ---------------------------------------------------------------------------------------
+def activate(logits: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    logits = logits - logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0, keepdims=True)
+    return logits
+
+
+def native_region(native: Grid, crop: Grid) -> tuple:
+    """Box of native voxels whose centres lie inside the crop grid's extent."""
+    box = []
+    for a in range(3):
+        lo_edge = crop.origin[a] - 0.5 * crop.spacing[a]
+        hi_edge = lo_edge + crop.shape[a] * crop.spacing[a]
+        lo = math.ceil((lo_edge - native.origin[a]) / native.spacing[a] - 1e-6)
+        hi = math.floor((hi_edge - native.origin[a]) / native.spacing[a] + 1e-6)
+        box.append((max(0, lo), min(native.shape[a], hi + 1)))
+    return tuple(box)
+
+
+def dilate(mask: np.ndarray) -> np.ndarray:
+    """Dilation by the 3x3x3 cube (three separable passes)."""
+    out = mask.copy()
+    for axis in range(3):
+        src = out.copy()
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(1, None), slice(None, -1)
+        out[tuple(hi)] |= src[tuple(lo)]
+        out[tuple(lo)] |= src[tuple(hi)]
+    return out
+
+
+def candidate_boxes(score: np.ndarray, crop: Grid, native: Grid, region: tuple) -> list:
+    """Native boxes (within `region`) that hold every voxel whose interpolated score can exceed 0.5:
+    one per 26-connected part of the model-grid voxels above CANDIDATE_SCORE, grown by two model voxels
+    (the 2x2x2 interpolation cell, plus one of slack) and one native voxel."""
+    parts, n = label_components(dilate(score > CANDIDATE_SCORE), 26)
+    if n == 0:
+        return []
+    bbox = component_stats(parts, n)["bbox"]
+    boxes = []
+    for b in bbox:
+        box = []
+        for a in range(3):
+            lo_mm = crop.origin[a] + (int(b[a]) - 2) * crop.spacing[a]
+            hi_mm = crop.origin[a] + (int(b[a + 3]) + 2) * crop.spacing[a]
+            lo = math.floor((lo_mm - native.origin[a]) / native.spacing[a]) - 1
+            hi = math.ceil((hi_mm - native.origin[a]) / native.spacing[a]) + 2
+            box.append((max(region[a][0], lo), min(region[a][1], hi)))
+        if all(a < b for a, b in box):
+            boxes.append(tuple(box))
+    return boxes
+
+
+def restore(scan: Scan, dev: Device) -> None:
+    """Class and foreground probability back on the scan's canonical grid, computed only inside the
+    boxes where a native voxel can be foreground (elsewhere it is background by construction)."""
+    if scan.logits is None:
+        return
+    prep, cfg = scan.prep, scan.config
+    probs = activate(scan.logits, cfg.activation)
+    scan.logits = None
+    probs[:, ~scan.covered] = 0.0
+    probs[0, ~scan.covered] = 1.0
+    crop = prep.grid.crop(prep.box)
+    binary = len(cfg.classes) == 2
+    score = probs[1] if binary else 1.0 - probs[0]
+    boxes = candidate_boxes(score, crop, prep.native, native_region(prep.native, crop))
+    if not boxes:
+        return
+    fg_box = tuple((min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)) for a in range(3))
+    shape = tuple(hi - lo for lo, hi in fg_box)
+    scan.fg_box, scan.fg = fg_box, np.zeros(shape, bool)
+    scan.prob = np.zeros(shape, np.float32)
+    scan.classes = None if binary else np.zeros(shape, np.uint8)
+    channels = [resampler(p, crop) for p in (probs[1:2] if binary else probs)]
+    for box in boxes:
+        dst = prep.native.crop(box)
+        sl = tuple(slice(lo - f[0], hi - f[0]) for (lo, hi), f in zip(box, fg_box))
+        back = [r(dst) for r in channels]
+        if binary:
+            scan.fg[sl] |= back[0] > 0.5
+            scan.prob[sl] = back[0]
+        else:
+            cls = np.argmax(np.stack(back), axis=0).astype(np.uint8)
+            scan.classes[sl], scan.fg[sl], scan.prob[sl] = cls, cls > 0, 1.0 - back[0]
+
+
+# -- components and rules --------------------------------------------------------------------------
+def components(scan: Scan, dev: Device) -> None:
+    """Connected components of the foreground (canonical grid) and their statistics in one pass."""
+    if scan.fg is None:
+        return
+    cfg = scan.config
+    labels, n = label_components(scan.fg, cfg.connectivity)
+    scan.fg = None
+    lo = [a for a, _ in scan.fg_box]
+    ct = scan.orient.to_canonical(scan.vol.array)[box_slices(scan.fg_box)]
+    k = len(cfg.classes) if scan.classes is not None else 0
+    scan.labels = labels
+    scan.stats = component_stats(labels, n, ct, scan.prob, scan.classes, k,
+                                 first_map=index_map(scan.orient, scan.vol.shape, lo))
+    keep = scan.stats["count"] >= max(cfg.min_voxels(voxel_volume_mm3(scan.vol)), 1)
+    scan.ids = np.flatnonzero(keep) + 1
+
+
+def rules(scan: Scan, dev: Device) -> None:
+    """The neck region on the components' centroids (canonical model-grid slice, mm across): what lies
+    outside is never measured. The resolution floor needs the axes and runs in `output`."""
+    region, cfg = scan.prep.neck if scan.prep else None, scan.config
+    if not cfg.neck or region is None:
+        return
+    ids = scan.ids
+    outside = np.zeros(ids.size, dtype=bool)
+    if ids.size:
+        st = scan.stats
+        c = st["sums"][ids - 1, :3] / st["count"][ids - 1, None].astype(np.float64) + np.array(
+            [a for a, _ in scan.fg_box])
+        native, mgrid = scan.prep.native, scan.prep.grid
+        k = np.floor((c[:, 0] + 0.5) * native.spacing[0] / mgrid.spacing[0])
+        outside = ~region.contains(k, (c[:, 2] + 0.5) * native.spacing[2])
+    scan.rules["neck_region"] = {**cfg.neck.to_dict(), "neck_sized": region.found,
+                                 "across_mm": region.x_mm and [round(v, 1) for v in region.x_mm],
+                                 "dropped": int(outside.sum())}
+    scan.ids = ids[~outside]
+    if not region.found:
+        lo, hi = cfg.neck.width_mm
+        scan.warnings.append(f"{scan.source}: no neck-sized body section (left-right width {lo:g}-{hi:g} mm) in "
+                             f"this scan; the model is for the neck, so no nodes are reported "
+                             f"({int(outside.sum())} found; --all-regions reports them)")
+
+
+# -- measure and output ----------------------------------------------------------------------------
+def measure(scan: Scan, dev: Device) -> None:
+    """RECIST axes and report rows of the components still reported."""
+    if scan.stats is None or scan.ids.size == 0:
+        return
+    frame = Frame(tuple(a for a, _ in scan.fg_box), scan.vol, scan.orient)
+    scan.nodes = measure_nodes(scan.labels, scan.ids, scan.stats, frame, list(scan.config.classes))
+
+
+def output(scan: Scan, dev: Device) -> None:
+    """The resolution floor, then the label map in the input's array order, renumbered once: ids in
+    raster order of each node's first voxel in the input array (the contract's numbering)."""
+    cfg = scan.config
+    if cfg.min_short_axis_px > 0:
+        floor = cfg.min_short_axis_px * min(scan.prep.native.spacing[1:])
+        thin = np.array([n["short_axis_mm"] < floor for n in scan.nodes], dtype=bool)
+        scan.rules = {"min_short_axis": {"px": cfg.min_short_axis_px, "mm": round(floor, 3),
+                                         "dropped": int(thin.sum())}, **scan.rules}
+        scan.nodes = [n for n, t in zip(scan.nodes, thin) if not t]
+    scan.nodes, scan.output = number_nodes(scan.nodes, scan.stats, scan.labels, scan.fg_box, scan.orient,
+                                           scan.vol.shape)
+    scan.labels = None
+
+
+def number_nodes(nodes: list, stats: dict | None, labels_c, box: tuple | None, orient: Orientation,
+                 shape: tuple) -> tuple:
+    """(rows, label map in the input's array order): the nodes renumbered 1..n in increasing `first`
+    (raster order of their first voxel in the input array), the label crop remapped once and written
+    through the canonical view of the output."""
+    ids = np.array([n["id"] for n in nodes], dtype=np.int64)
+    out = np.zeros(shape, dtype=label_dtype(ids.size))
+    if not ids.size:
+        return [], out
+    first = stats["first"][ids - 1]
+    order = np.argsort(first, kind="stable")
+    keep = np.zeros(int(stats["count"].size) + 1, dtype=bool)
+    keep[ids] = True
+    rank = np.zeros(keep.size, dtype=np.uint64)
+    rank[ids] = first
+    labels, _ = renumber(labels_c, keep, order=rank)
+    orient.to_canonical(out)[box_slices(box)] = labels
+    return [dict(nodes[i], id=j) for j, i in enumerate(order, start=1)], out
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the timing key (the window stage records "network" and "accumulate" itself)
+    run: Callable[[Scan, Device], None]
+
+
+STAGES = (Stage("preprocess", prepare), Stage("window", window), Stage("postprocess", restore),
+          Stage("components", components), Stage("rules", rules), Stage("measure", measure),
+          Stage("output", output))
+
+
+def run_stages(scan: Scan, dev: Device, stages=STAGES) -> Scan:
+    for stage in stages:
+        t0 = dev.clock()
+        stage.run(scan, dev)
+        if stage.name != "window":
+            scan.timings[stage.name] = dev.clock() - t0
+    return scan
+
+
+def settings(scan: Scan) -> dict:
+    """The report's settings: the configuration's, plus what this run found (grid, box, tiles, rules)."""
+    base, prep, o = scan.config.to_dict(), scan.prep, scan.orient
+    return {"sliding_window": base["sliding_window"],
+            "model_grid_zyx": list(prep.grid.shape) if prep else None,
+            "body_box_zyx": prep and prep.box and [list(b) for b in prep.box], "tiles": scan.tiles,
+            "min_volume_mm3": base["min_volume_mm3"], "connectivity": base["connectivity"], "rules": scan.rules,
+            "orientation": {"perm": list(o.perm), "flip": list(o.flip), "obliquity_deg": round(o.obliquity_deg, 3)}}

@@ -1,0 +1,180 @@
+"""Twins: each CUDA kernel's launcher and its CPU twin in `lnrt.nodes` keep one contract (fields, dtypes,
+numbering, errors), tested twin against twin and each against an independent oracle (cc3d for labels,
+per-label NumPy for statistics) across connectivities, dtypes and worst cases.
+
+The "cuda" twin runs where `lnrt.device.probe_gpu()` finds a GPU; elsewhere it is reported as skipped
+(the kernels' CPU emulation is issue 16's work), and the CPU twin is still checked against the oracles.
+"""
+from __future__ import annotations
+
+import cc3d
+import numpy as np
+import pytest
+
+from lnrt import nodes
+from lnrt.device import probe_gpu
+from lnrt.errors import LnrtError
+from lnrt.volume import Orientation
+
+from conftest import signed_permutations
+
+
+class CpuTwin:
+    label_components = staticmethod(nodes.label_components)
+    component_stats = staticmethod(nodes.component_stats)
+
+    @staticmethod
+    def host(a):
+        return np.asarray(a)
+
+
+class CudaTwin:
+    def __init__(self):
+        import cupy
+
+        from lnrt.kernels import cuda
+        self.cp, self.cuda = cupy, cuda
+
+    def label_components(self, mask, connectivity=26, min_voxels=0):
+        return self.cuda.label_components(self.cp.asarray(mask), connectivity, min_voxels)
+
+    def component_stats(self, labels, *args, **kwargs):
+        return self.cuda.component_stats(self.cp.asarray(labels), *args, **kwargs)
+
+    def host(self, a):
+        return self.cp.asnumpy(a)
+
+
+@pytest.fixture(params=["cpu", "cuda"], scope="module")
+def twin(request):
+    if request.param == "cpu":
+        return CpuTwin()
+    probe = probe_gpu()
+    if not probe.ok:
+        pytest.skip(f"cuda twin: {probe.reason}")
+    return CudaTwin()
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    cases = {f"random_{d}": rng.random((30, 40, 50)) < d for d in (0.05, 0.3, 0.5, 0.7)}
+    cases["empty"] = np.zeros((8, 9, 10), bool)
+    cases["full"] = np.ones((8, 9, 10), bool)
+    single = np.zeros((7, 7, 7), bool)
+    single[3, 3, 3] = True
+    cases["single_voxel"] = single
+    faces = np.zeros((10, 12, 14), bool)
+    faces[0], faces[-1], faces[:, 0], faces[:, -1], faces[:, :, 0], faces[:, :, -1] = (True,) * 6
+    faces[4:6, 5:7, 6:8] = True  # an inner blob that touches nothing
+    cases["touching_every_face"] = faces
+    diag = np.zeros((6, 6, 6), bool)
+    for i in range(6):
+        diag[i, i, i] = True  # connected only through corners (26), not faces or edges
+    cases["corner_chain"] = diag
+    comb = np.zeros((6, 40, 40), bool)
+    comb[:, ::2, :] = True
+    comb[:, :, 0] = True  # one component whose first voxel is reached last by many merges
+    cases["comb"] = comb
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("name", list(CASES))
+def test_labels_equal_cc3d(twin, name, connectivity):
+    mask = CASES[name]
+    want, n_want = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    got, n = twin.label_components(mask, connectivity)
+    got = twin.host(got)
+    assert n == n_want and got.dtype == np.uint16
+    np.testing.assert_array_equal(got, want)
+
+
+def test_min_voxels_and_wide_labels(twin):
+    mask = np.zeros((64, 128, 128), bool)
+    mask[::2, ::2, ::2] = True  # 131 072 isolated voxels: past uint16
+    mask[40:44, 40:44, 40:44] = True  # and one 64-voxel block
+    got, n = twin.label_components(mask, 26)
+    want = cc3d.connected_components(mask, connectivity=26)
+    assert n == int(want.max()) and twin.host(got).dtype == np.uint32
+    np.testing.assert_array_equal(twin.host(got), want)
+    big, n_big = twin.label_components(mask, 26, min_voxels=2)
+    big = twin.host(big)
+    sizes = np.bincount(want.ravel())
+    assert n_big == 1 and big.dtype == np.uint16 and big[41, 41, 41] == 1
+    np.testing.assert_array_equal(big, (want == want[41, 41, 41]).astype(np.uint16))
+    assert sizes[want[41, 41, 41]] > 64 and np.sort(sizes[1:])[-2] == 1  # the block and isolated voxels
+
+
+@pytest.mark.parametrize("bad", [4, 8, 27])
+def test_bad_connectivity_is_a_user_error(twin, bad):
+    with pytest.raises(LnrtError, match="expected one of 6, 18, 26"):
+        twin.label_components(np.ones((3, 3, 3), bool), bad)
+
+
+def _oracle(labels, n, image, prob, classes, n_classes, first_map):
+    """Per-label NumPy: the definition of every field, one label at a time."""
+    base, strides = first_map
+    out = {"count": [], "bbox": [], "sums": [], "votes": [], "first": []}
+    for k in range(1, n + 1):
+        z, y, x = np.nonzero(labels == k)
+        m = labels == k
+        out["count"].append(z.size)
+        out["bbox"].append([z.min(), y.min(), x.min(), z.max(), y.max(), x.max()] if z.size else nodes.BBOX_EMPTY)
+        out["sums"].append([z.sum(), y.sum(), x.sum(), image[m].astype(np.float64).sum(),
+                            prob[m].astype(np.float64).sum()])
+        out["votes"].append(np.bincount(classes[m][classes[m] < n_classes], minlength=n_classes))
+        flat = base + z.astype(np.int64) * strides[0] + y * strides[1] + x * strides[2]
+        out["first"].append(flat.min() if z.size else nodes.NO_INDEX)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_statistics_equal_the_oracle_and_the_cpu_twin(twin, dtype):
+    rng = np.random.default_rng(1)
+    mask = rng.random((20, 30, 40)) < 0.3
+    labels = cc3d.connected_components(mask, connectivity=26).astype(dtype)
+    n = int(labels.max())
+    labels[labels == 5] = 0  # an id with no voxel
+    labels[0, 0, 0] = n + 3  # a label above n_labels is ignored
+    image = rng.normal(40, 30, mask.shape).astype(np.float32)
+    prob = rng.random(mask.shape).astype(np.float32)
+    classes = rng.integers(0, 4, mask.shape).astype(np.uint8)  # class 3 is beyond a 3-class table
+    fmap = nodes.index_map(Orientation((2, 0, 1), (True, False, True), 0.0), (40, 20, 30), (0, 0, 0))
+    got = twin.component_stats(labels, n, image, prob, classes, 3, first_map=fmap)
+    cpu = nodes.component_stats(labels, n, image, prob, classes, 3, first_map=fmap)
+    want = _oracle(labels, n, image, prob, classes, 3, fmap)
+    assert set(got) == set(cpu) == {"count", "bbox", "sums", "votes", "first"}
+    for key in got:
+        assert got[key].dtype == cpu[key].dtype and got[key].shape == cpu[key].shape, key
+    np.testing.assert_array_equal(got["count"], want["count"])
+    np.testing.assert_array_equal(got["bbox"], np.array(want["bbox"], np.int32))
+    np.testing.assert_array_equal(got["votes"], want["votes"])
+    np.testing.assert_array_equal(got["first"], np.array(want["first"], np.uint64))
+    np.testing.assert_array_equal(got["sums"][:, :3], np.array(want["sums"])[:, :3])  # integers: exact
+    np.testing.assert_allclose(got["sums"][:, 3:], np.array(want["sums"])[:, 3:], rtol=1e-9)
+    np.testing.assert_allclose(got["sums"], cpu["sums"], rtol=1e-9)
+    assert got["count"][4] == 0 and got["first"][4] == nodes.NO_INDEX
+
+
+@pytest.mark.parametrize("direction", signed_permutations(), ids=lambda d: str(np.argmax(np.abs(d), 0)) + str(
+    np.sign(d.sum(0)).astype(int)))
+def test_first_voxel_in_the_input_order_from_a_canonical_view(direction):
+    """Labelling the canonical view and ordering by `first` numbers components as labelling the input
+    array itself does (cc3d's raster order), for each of the 48 axis-aligned storage orders."""
+    rng = np.random.default_rng(7)
+    shape = (9, 11, 13)
+    fg_in = rng.random(shape) < 0.25
+    o = Orientation.of(direction)
+    fg_c = np.ascontiguousarray(o.to_canonical(fg_in))
+    lab_c, n = nodes.label_components(fg_c, 26)
+    first = nodes.component_stats(lab_c, n, first_map=nodes.index_map(o, shape))["first"]
+    keep = np.ones(n + 1, bool)
+    order = np.zeros(n + 1, np.uint64)
+    order[1:] = first
+    renumbered, _ = nodes.renumber(lab_c, keep, order=order)
+    got = np.zeros(shape, renumbered.dtype)
+    o.to_canonical(got)[...] = renumbered
+    np.testing.assert_array_equal(got, cc3d.connected_components(fg_in, connectivity=26))
