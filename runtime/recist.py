@@ -1,6 +1,6 @@
 """RECIST 1.1 axes of a node: long and short axis in the axial plane, and the 3D maximum diameter.
 
-Definition (DESIGN.md): in each axial slice, the long axis is the longest in-plane diameter; the short
+Definition (docs/ARCHITECTURE.md, "Contracts"): in each axial slice, the long axis is the longest in-plane diameter; the short
 axis is the longest chord perpendicular to the long axis that stays inside the node (what a reader
 draws with calipers, so a lobulated node's short axis is smaller than its width across). The node's
 axes are those of the slice whose short axis is largest (Eisenhauer et al., "New response evaluation
@@ -39,6 +39,11 @@ SAMPLE_PX = 0.25  # chord sampling step (px)
 MAX_LINES, MAX_SAMPLES = 256, 512  # per slice; binds only past about 60 mm at 0.25 mm pixels
 PRUNE_PX = 0.25  # slices whose width cannot beat the best short axis by more than this are skipped
 MAX_FULL_SLICES = 12  # slices measured in full per node, widest first
+# Relative difference below which two lengths are the same length. Outline points lie on the quarter-pixel
+# grid, so different diameters of isotropic pixels differ by at least 1 part in 16 L^2 (L in quarter
+# pixels; 4e-7 for a 100-pixel node): only exact ties fall below 1e-9, and among them a fixed order
+# decides, not the last bit of the spacing (scaling it by 1 + 1e-12 moved axes by up to 2.3 mm before).
+TIE_REL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -83,17 +88,33 @@ def outline_points(mask: np.ndarray) -> np.ndarray:
     return np.concatenate(pts) if pts else np.zeros((0, mask.ndim))
 
 
+def extreme_candidates(points: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Indices (sorted) of the points extreme in some sampled direction, ties included: every point
+    within TIE_REL of a direction's extreme counts, so the set does not depend on how rounding breaks
+    an exact tie (a flat edge along a sampled direction)."""
+    proj = points @ directions
+    lo, hi = proj.min(0), proj.max(0)
+    tol = TIE_REL * max(float(np.abs(points).max()), 1.0) * np.abs(directions).sum(0)
+    return np.flatnonzero(((proj <= lo + tol) | (proj >= hi - tol)).any(1))
+
+
+def _first_max(values: np.ndarray) -> int:
+    """Index of the first value within TIE_REL of the maximum: exact ties, which last-bit rounding
+    would otherwise decide, go to the first in order."""
+    top = float(values.max())
+    return int(np.flatnonzero(values >= top - TIE_REL * abs(top))[0])
+
+
 def max_diameter(points_mm: np.ndarray, directions: np.ndarray) -> tuple:
-    """Largest distance between points (n, d) and its two ends, via extremes in sampled directions."""
+    """Largest distance between points (n, d) and its two ends, via extremes in sampled directions.
+    Among pairs of equal length (within TIE_REL), the first in the candidates' row-major order wins."""
     if len(points_mm) == 0:
         return 0.0, np.zeros((2, points_mm.shape[1]))
     if len(points_mm) == 1:
         return 0.0, np.repeat(points_mm, 2, axis=0)
-    proj = points_mm @ directions
-    cand = np.unique(np.concatenate([proj.argmin(0), proj.argmax(0)]))
-    c = points_mm[cand]
+    c = points_mm[extreme_candidates(points_mm, directions)]
     d2 = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-    i, j = np.unravel_index(np.argmax(d2), d2.shape)
+    i, j = np.unravel_index(_first_max(d2.ravel()), d2.shape)
     return float(np.sqrt(d2[i, j])), np.stack([c[i], c[j]])
 
 
@@ -153,7 +174,7 @@ def _longest_perpendicular_chord(mask2d: np.ndarray, spacing_yx: np.ndarray, lon
     b0, b1 = val[re, ce], val[re, ce + 1]
     v_end = v_pad[ce] + (b0 - CHORD_LEVEL) / np.maximum(b0 - b1, 1e-12) * h
     lengths = v_end - v_start
-    k = int(np.argmax(lengths))
+    k = _first_max(lengths)
     u = us[rs[k]]
     ends = np.stack([origin + u * e + v_start[k] * n, origin + u * e + v_end[k] * n])
     return float(lengths[k]), ends
@@ -165,6 +186,31 @@ def slice_axes(mask2d: np.ndarray, spacing_yx) -> tuple:
     pts = outline_points(mask2d) * sp
     long_mm, ends = max_diameter(pts, _DIRS2)
     return long_mm, ends, pts
+
+
+def _better(a: tuple, b: tuple | None) -> bool:
+    """Whether slice result a = (short mm, width mm, k, ...) beats b: a larger short axis; on a tie
+    (within TIE_REL) the wider slice, then the lower slice index. A total order that rounding cannot
+    flip, so the chosen slice does not depend on the order the slices were measured in."""
+    if b is None:
+        return True
+    for x, y in ((a[0], b[0]), (a[1], b[1])):
+        if abs(x - y) > TIE_REL * max(abs(x), abs(y)):
+            return x > y
+    return a[2] < b[2]
+
+
+def _widest_first(candidates: list) -> list:
+    """Candidates (width, k, ...) in decreasing width; equal widths (within TIE_REL: mirror-image
+    slices, which rounding would order at random) in increasing k."""
+    ordered = sorted(candidates, key=lambda c: -c[0])
+    out, group = [], []
+    for c in ordered:
+        if group and group[0][0] - c[0] > TIE_REL * group[0][0]:
+            out += sorted(group, key=lambda g: g[1])
+            group = []
+        group.append(c)
+    return out + sorted(group, key=lambda g: g[1])
 
 
 def recist_axes(mask: np.ndarray, spacing_zyx) -> SliceAxes | None:
@@ -185,17 +231,23 @@ def recist_axes(mask: np.ndarray, spacing_zyx) -> SliceAxes | None:
         candidates.append((width, int(k), long_mm, ends, pts))
     if not candidates:
         return None
-    candidates.sort(key=lambda c: -c[0])
+    candidates = _widest_first(candidates)
     best = None
     slack = PRUNE_PX * float(sp_yx.min())
+    last = None
     for done, (width, k, long_mm, ends, pts) in enumerate(candidates):
-        if best is not None and (width <= best.short_mm + slack or done >= MAX_FULL_SLICES):
+        # slices as wide as the last one measured (a tie: mirror images) are all measured, so that neither
+        # the pruning nor the cap depends on the order rounding gave them
+        tied = last is not None and width >= last * (1.0 - TIE_REL)
+        if best is not None and not tied and (width <= best[0] + slack or done >= MAX_FULL_SLICES):
             break
+        last = width
         short_mm, short_ends = _longest_perpendicular_chord(mask[k], sp_yx, ends, pts)
-        short_mm = min(short_mm, long_mm)
-        if best is None or short_mm > best.short_mm:
-            best = SliceAxes(k, long_mm, short_mm, ends / sp_yx, short_ends / sp_yx)
-    return best
+        result = (min(short_mm, long_mm), width, k, long_mm, ends, short_ends)
+        if _better(result, best):
+            best = result
+    short_mm, _, k, long_mm, ends, short_ends = best
+    return SliceAxes(k, long_mm, short_mm, ends / sp_yx, short_ends / sp_yx)
 
 
 def _slice_extremes(points: np.ndarray) -> np.ndarray:

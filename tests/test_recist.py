@@ -1,4 +1,4 @@
-"""RECIST axes against shapes with known answers; the bias bound of DESIGN.md (+-0.25 px)."""
+"""RECIST axes against shapes with known answers; the bias bound of docs/ARCHITECTURE.md (+-0.25 px)."""
 import numpy as np
 import pytest
 
@@ -95,3 +95,36 @@ def test_3d_diameter_of_a_ball_and_of_a_rod():
                                        (14.99, "pathological"), (15.0, "enlarged"), (42.0, "enlarged")])
 def test_recist_categories(short, cat):
     assert recist_category(short) == cat
+
+
+def _random_node(rng):
+    """A random node: an ellipsoid in a random pose, sometimes with a second lobe, on a random grid
+    (in-plane 0.4-1 mm, a third with anisotropic pixels, slices 0.8-3 mm)."""
+    py = rng.uniform(0.4, 1.0)
+    px = py * (rng.uniform(0.7, 1.3) if rng.random() < 0.3 else 1.0)
+    sp = np.array([rng.uniform(0.8, 3.0), py, px])
+    a, b, c = sorted(rng.uniform(2.5, 12.0, 3), reverse=True)
+    n = (np.ceil(2 * a / sp) + 6).astype(int)
+    grid = np.stack(np.meshgrid(*[(np.arange(k) - k / 2 + rng.uniform(-0.5, 0.5)) * s for k, s in zip(n, sp)],
+                                indexing="ij"), -1)
+    rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    p = grid @ rot
+    mask = (p[..., 0] / a) ** 2 + (p[..., 1] / b) ** 2 + (p[..., 2] / c) ** 2 <= 1
+    if rng.random() < 0.3:
+        q = (grid - rng.normal(size=3) * a * 0.6) @ rot
+        mask |= (q[..., 0] / (0.7 * a)) ** 2 + (q[..., 1] / (0.7 * b)) ** 2 + (q[..., 2] / (0.7 * c)) ** 2 <= 1
+    return mask, sp
+
+
+@pytest.mark.parametrize("scale", [1 + 1e-12, 1 - 1e-12])
+def test_axes_do_not_depend_on_the_last_bit_of_the_spacing(scale):
+    """Equal-length diameters and chords (exact ties on the quarter-pixel outline grid) and mirror-image
+    slices were chosen by last-bit rounding: before the tie rule, this moved 10 of these 400 nodes' axes by
+    up to 2.3 mm and 8 to another slice."""
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        mask, sp = _random_node(rng)
+        a, b = recist_axes(mask, sp), recist_axes(mask, sp * scale)
+        assert a.slice_index == b.slice_index, i
+        assert abs(a.long_mm - b.long_mm) < 1e-6 and abs(a.short_mm - b.short_mm) < 1e-6, i
+        assert np.abs(a.long_ends - b.long_ends).max() < 1e-6 and np.abs(a.short_ends - b.short_ends).max() < 1e-6, i
