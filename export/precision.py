@@ -1,6 +1,6 @@
 """Precision variants of an FP32 ONNX model: FP16 with casts, INT8 with symmetric Q/DQ.
 
-TensorRT 11 is strongly typed only, so precision must live in the ONNX file itself (DESIGN.md):
+TensorRT 11 is strongly typed only, so precision must live in the ONNX file itself (docs/ARCHITECTURE.md):
 
 - **FP16** (`to_fp16`): every node of a known numerically safe op type runs in float16; normalization
   layers, softmax, reductions, exponentials and any op this converter does not know keep float32, with a

@@ -11,7 +11,7 @@
 //                component: its first voxel in C (z, y, x) raster order.
 //   3. compress: every voxel follows its parents to the root (path compression).
 // Consecutive ids 1..N in raster order of each component's first voxel (cc3d's and SciPy's numbering,
-// DESIGN.md) then follow from an exclusive prefix sum over "is a root" flags, done by the Python side
+// docs/ARCHITECTURE.md, "Twins") then follow from an exclusive prefix sum over "is a root" flags, done by the Python side
 // (CuPy cumsum) and applied by `relabel`.
 //
 // Indices are 64-bit when the volume needs it: the Python side compiles this file with

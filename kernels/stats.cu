@@ -4,7 +4,7 @@
 // atomics: voxel count (atomicAdd), bounding box (atomicMin/atomicMax per axis), centroid sums
 // (double atomicAdd, compute capability 6.0+), intensity sum and probability sum (double atomicAdd) and
 // one class vote (atomicAdd into a (components x classes) table). This is the scatter form of the
-// "one pass over node voxels" that DESIGN.md asks of the CPU path (which groups voxels by one sort);
+// "one pass over node voxels" of the CPU twin, lnrt.nodes.component_stats (which groups voxels by one sort);
 // contention is bounded by component size, and lymph-node components are small. Reference for the
 // atomic-accumulation pattern: Harris, Sengupta & Owens, "Parallel Prefix Sum (Scan) with CUDA",
 // GPU Gems 3 ch. 39 (for the scan used to number components) and the CUDA C++ Programming Guide,

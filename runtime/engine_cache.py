@@ -1,4 +1,4 @@
-"""The TensorRT engine cache (DESIGN.md): engines live outside packages, keyed by what makes them valid.
+"""The TensorRT engine cache (docs/ARCHITECTURE.md, "Contracts"): engines live outside packages, keyed by what makes them valid.
 
 An engine is only valid for the ONNX it was built from, the TensorRT version that built it, the GPU
 model and compute capability, the precision variant and the batch profile. The key is a dict of

@@ -172,9 +172,68 @@ def check_nifti_complete(path: Path) -> None:
         )
 
 
+# NIfTI-1 datatype codes whose voxels SimpleITK returns as stored (with scl_slope 0 or 1 and no intercept)
+_NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4"}
+_SITK_TYPES = {"u1": "sitkUInt8", "i2": "sitkInt16", "i4": "sitkInt32", "f4": "sitkFloat32", "f8": "sitkFloat64",
+               "i1": "sitkInt8", "u2": "sitkUInt16", "u4": "sitkUInt32"}
+
+
+def _gzip_open(path: Path):
+    """A reader of the decompressed stream: ISA-L's igzip (about 2x zlib here) when installed."""
+    try:
+        from isal import igzip
+        return igzip.open(path, "rb")
+    except ImportError:
+        return gzip.open(path, "rb")
+
+
+def read_nifti_fast(path: Path) -> Volume | None:
+    """A 3D scalar NIfTI-1 image read without ITK's copy: ITK supplies the geometry (its header reading
+    decides spacing, origin and direction, so they are exactly what `sitk.ReadImage` gives), and the voxels
+    are decompressed straight into the array. None when the file is outside that simple case (NIfTI-2,
+    scaled values, vectors, another ITK pixel type): the caller reads it with ITK then."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        with (_gzip_open(path) if name.endswith(".gz") else open(path, "rb")) as fh:
+            header = fh.read(352)
+    except (RuntimeError, OSError, EOFError, zlib.error):
+        return None
+    if len(header) < 352 or reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        return None
+    order = next((o for o in "<>" if int(np.frombuffer(header[:4], o + "i4")[0]) == 348), None)
+    if order is None:
+        return None
+    dims = np.frombuffer(header[40:56], order + "i2")
+    code = int(np.frombuffer(header[70:72], order + "i2")[0])
+    offset = int(np.frombuffer(header[108:112], order + "f4")[0])
+    slope, inter = (float(v) for v in np.frombuffer(header[112:120], order + "f4"))
+    kind = _NIFTI_TYPES.get(code)
+    if (kind is None or dims[0] != 3 or slope not in (0.0, 1.0) or inter != 0.0
+            or reader.GetPixelID() != getattr(sitk, _SITK_TYPES[kind])):
+        return None
+    shape = (int(dims[3]), int(dims[2]), int(dims[1]))
+    array = np.empty(shape, dtype=np.dtype(order + kind).newbyteorder("="))
+    with (_gzip_open(path) if name.endswith(".gz") else open(path, "rb")) as fh:
+        skipped = len(fh.read(max(offset, 352)))
+        got = fh.readinto(memoryview(array).cast("B")) if array.size else 0
+    if skipped < max(offset, 352) or got != array.nbytes:
+        return None
+    if np.dtype(order + kind).byteorder not in ("=", "|") and np.dtype(order + kind) != array.dtype:
+        array.byteswap(inplace=True)
+    return Volume(array, reader.GetSpacing(), reader.GetOrigin(), np.array(reader.GetDirection()))
+
+
 def read_image_file(path: Path) -> Volume:
     source = str(path)
     check_nifti_complete(path)
+    fast = read_nifti_fast(path)
+    if fast is not None:
+        return fast
     try:
         image = sitk.ReadImage(source)
     except RuntimeError as exc:

@@ -210,7 +210,7 @@ class Frame:
 def measure_nodes(labels_c: np.ndarray, ids, stats: dict, frame: Frame, class_names: list | None = None,
                   mean_hu: bool = True, probability: bool = True) -> list:
     """One row per id in `ids` (label values in the canonical crop `labels_c`), in the report contract
-    (docs/ARCHITECTURE.md, "Report"), measured on each node's canonical crop."""
+    (docs/ARCHITECTURE.md, "Contracts"), measured on each node's canonical crop."""
     vol, orient = frame.vol, frame.orient
     sp_c = vol.spacing_zyx[list(orient.perm)]
     names = class_names or ["background", "lymph_node"]
@@ -276,7 +276,7 @@ def node_table(labels: np.ndarray, vol: Volume, orientation: Orientation,
                image: np.ndarray | None = None, probability: np.ndarray | None = None,
                classmap: np.ndarray | None = None, class_names: list | None = None) -> list:
     """The rows of every node of an input-order label map (ids kept): statistics and measurement on
-    the canonical view, as the pipeline does (docs/ARCHITECTURE.md, "Report")."""
+    the canonical view, as the pipeline does (docs/ARCHITECTURE.md, "Contracts")."""
     lab_c = orientation.to_canonical(np.asarray(labels))
     n = int(lab_c.max(initial=0))
     if n == 0:

@@ -1,6 +1,6 @@
 """Optional dependencies, imported lazily: one helper instead of a try/except in every module.
 
-`pip install lnrt` gives the CPU runtime; extras add the rest (docs/ARCHITECTURE.md, "Dependencies").
+`pip install lnrt` gives the CPU runtime; extras add the rest (docs/ARCHITECTURE.md, "Layout").
 A feature that needs a missing extra fails with one line that names the package and the extra, at the
 moment the feature is asked for, never at `import lnrt`.
 """

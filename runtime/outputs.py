@@ -1,4 +1,4 @@
-"""The outputs of one scan (DESIGN.md's contract), written all-or-nothing.
+"""The outputs of one scan (docs/ARCHITECTURE.md, "Contracts"), written all-or-nothing.
 
 `DIR/<stem>.nodes.nii.gz` (uint16 instance labels on the input's grid), `DIR/<stem>.report.json`
 and `DIR/<stem>.nodes.csv`. Existing files are not replaced unless `overwrite`; every file is written

@@ -25,7 +25,7 @@ import numpy as np
 from .config import RunConfig
 from .device import Device
 from .imageio import ScanInfo
-from .nodes import Frame, component_stats, index_map, label_components, label_dtype, measure_nodes, renumber
+from .nodes import Frame, component_stats, index_map, label_components, label_dtype, measure_nodes
 from .preprocess import Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample, resampler
 from .region import NeckRegion, find_neck_region
 from .sliding_window import sliding_window
@@ -311,20 +311,20 @@ def output(scan: Scan, dev: Device) -> None:
 def number_nodes(nodes: list, stats: dict | None, labels_c, box: tuple | None, orient: Orientation,
                  shape: tuple) -> tuple:
     """(rows, label map in the input's array order): the nodes renumbered 1..n in increasing `first`
-    (raster order of their first voxel in the input array), the label crop remapped once and written
+    (raster order of their first voxel in the input array), each written once, inside its own box,
     through the canonical view of the output."""
     ids = np.array([n["id"] for n in nodes], dtype=np.int64)
     out = np.zeros(shape, dtype=label_dtype(ids.size))
     if not ids.size:
         return [], out
-    first = stats["first"][ids - 1]
-    order = np.argsort(first, kind="stable")
-    keep = np.zeros(int(stats["count"].size) + 1, dtype=bool)
-    keep[ids] = True
-    rank = np.zeros(keep.size, dtype=np.uint64)
-    rank[ids] = first
-    labels, _ = renumber(labels_c, keep, order=rank)
-    orient.to_canonical(out)[box_slices(box)] = labels
+    order = np.argsort(stats["first"][ids - 1], kind="stable")
+    view = orient.to_canonical(out)
+    lo = np.array([a for a, _ in box])
+    for new_id, i in enumerate(order, start=1):
+        b = stats["bbox"][ids[i] - 1].astype(np.int64)
+        local = tuple(slice(b[a], b[a + 3] + 1) for a in range(3))
+        glob = tuple(slice(lo[a] + b[a], lo[a] + b[a + 3] + 1) for a in range(3))
+        view[glob][labels_c[local] == ids[i]] = new_id
     return [dict(nodes[i], id=j) for j, i in enumerate(order, start=1)], out
 
 

@@ -204,3 +204,56 @@ def test_rtstruct_in_the_folder_is_ignored(shared_data):
 def test_real_mr_is_refused(shared_data, run_cli, capsys, tmp_path):
     assert_one_line_failure(run_cli, capsys, ["infer", shared_data / "nifti" / "mr_not_ct.nii.gz", "--out",
                                               tmp_path / "o"], tmp_path / "o", "MR")
+
+
+def _sitk_volume(path):
+    img = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection()
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.float32, np.uint16, np.float64])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_fast_nifti_reader_equals_itk(tmp_path, dtype, suffix):
+    """lnrt reads simple NIfTI voxels itself (ITK supplies the geometry): the same array, type and
+    geometry as sitk.ReadImage, in any of the 48 storage orders."""
+    from conftest import signed_permutations
+
+    from lnrt.imageio import read_image_file, read_nifti_fast
+
+    rng = np.random.default_rng(3)
+    for i, direction in enumerate(signed_permutations()[::7]):
+        arr = (rng.random((5, 6, 7)) * 200).astype(dtype)
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((0.7, 0.9, 2.5))
+        img.SetOrigin((-3.0, 40.5, 7.25))
+        img.SetDirection(tuple(direction.ravel()))
+        path = tmp_path / f"v{i}{suffix}"
+        sitk.WriteImage(img, str(path))
+        fast = read_nifti_fast(path)
+        assert fast is not None
+        want, sp, org, d = _sitk_volume(path)
+        assert fast.array.dtype == want.dtype and fast.array.flags.writeable
+        np.testing.assert_array_equal(fast.array, want)
+        assert fast.spacing == sp and fast.origin == org and tuple(fast.direction.ravel()) == d
+        assert read_image_file(path).array.dtype == want.dtype
+
+
+def test_fast_nifti_reader_leaves_scaled_and_big_endian_files_right(tmp_path):
+    """Scaled voxels (scl_slope) go to ITK, which applies the scale; big-endian voxels are swapped."""
+    nib = pytest.importorskip("nibabel")
+    from lnrt.imageio import read_image_file, read_nifti_fast
+
+    arr = (np.arange(5 * 6 * 7).reshape(7, 6, 5) - 100).astype(np.int16)  # nibabel is (x, y, z)
+    scaled = nib.Nifti1Image(arr, np.diag([0.8, 0.8, 2.0, 1.0]))
+    scaled.header.set_slope_inter(2.0, -1024.0)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    assert read_nifti_fast(tmp_path / "scaled.nii.gz") is None
+    np.testing.assert_array_equal(read_image_file(tmp_path / "scaled.nii.gz").array,
+                                  _sitk_volume(tmp_path / "scaled.nii.gz")[0])
+    big = nib.Nifti1Image(arr.astype(">i2"), np.diag([0.8, 0.8, 2.0, 1.0]), nib.Nifti1Header(endianness=">"))
+    big.header.set_slope_inter(1.0, 0.0)
+    nib.save(big, tmp_path / "big.nii")
+    assert np.frombuffer((tmp_path / "big.nii").read_bytes()[:4], ">i4")[0] == 348  # really big-endian
+    fast = read_nifti_fast(tmp_path / "big.nii")
+    np.testing.assert_array_equal(fast.array, _sitk_volume(tmp_path / "big.nii")[0])
+    np.testing.assert_array_equal(fast.array, arr.transpose(2, 1, 0))

@@ -1,6 +1,6 @@
 """OpenVINO on the CPU: the fast CPU backend when `openvino` is installed (`pip install 'lnrt[openvino]'`).
 
-The precision hint is always set explicitly (DESIGN.md): OpenVINO's CPU default can be bf16 on CPUs
+The precision hint is always set explicitly (docs/ARCHITECTURE.md, "Backends"): OpenVINO's CPU default can be bf16 on CPUs
 that have it, which changes the numerics. `f32` runs the fp32, fp16 and int8 variants as their ONNX
 files say (an int8 Q/DQ model still runs its quantized layers in int8); `bf16` is its own variant
 (the fp32 file with the bf16 hint) and is refused on CPUs without bf16 support. Measured on this
