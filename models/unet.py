@@ -3,7 +3,7 @@
 `UNetConfig` can express nnU-Net's PlainConvUNet shapes (stages, features, kernel and stride per stage,
 convolutions per stage, normalization), and `UNet` builds the network from it. The default edge
 configuration uses batch normalization, which folds into the convolutions at ONNX export (eval mode),
-so CPU and INT8 engines run plain conv chains (DESIGN.md); InstanceNorm remains available for imported
+so CPU and INT8 engines run plain conv chains (docs/ARCHITECTURE.md); InstanceNorm remains available for imported
 nnU-Net models. Deep supervision heads exist only in training mode and are never exported.
 """
 from __future__ import annotations
