@@ -25,9 +25,11 @@ from lnrt.bench import machine_info, save_result, synthetic_scan
 
 
 def run_once(scan: Path, out: Path, model: str | None = None, extra_args=()) -> dict:
-    code = ("import resource, sys, json; from lnrt.cli import main; rc = main(sys.argv[1:]); "
-            "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), "
-            "file=sys.stderr)")
+    # the child's own VmHWM: ru_maxrss survives fork + exec on Linux, so it would include this script's
+    # peak (rendering the phantom: about 1.47 GB, which results before 2026-12-01 report)
+    code = ("import sys, json; from lnrt.cli import main; rc = main(sys.argv[1:]); "
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+            "print(json.dumps({'rc': rc, 'maxrss_kb': int(hwm)}), file=sys.stderr)")
     t0 = time.perf_counter()
     extra = (["--model", model] if model else []) + list(extra_args)
     proc = subprocess.run([sys.executable, "-c", code, "infer", str(scan), "--out", str(out), "--json",

@@ -6,7 +6,7 @@
 Generates the whole-neck benchmark scan once (lnrt.bench.synthetic_scan: 512 x 512 x 250 voxels at
 0.5 x 0.5 x 1 mm, seed 40000), then runs `lnrt infer --json` in a fresh process per run, alternating the
 two checkouts (A B A B ...), so both see the same machine state. Per run: the report's stage timings and
-the process's peak resident memory. "non_network_s" is every stage but the network and the write (read,
+the process's peak resident memory (its VmHWM). "non_network_s" is every stage but the network and the write (read,
 preprocess, accumulate, postprocess, components, rules, measure, output; the older lnrt has no rules or
 output stage). Writes `benchmarks/results/<host>-<date>-pipeline-side-by-side.json` with both medians and
 the ratio. Nothing is asserted: this records numbers.
@@ -25,9 +25,11 @@ import numpy as np
 
 from lnrt.bench import machine_info, save_result, synthetic_scan
 
-CODE = ("import resource, sys, json; from lnrt.cli import main; rc = main(sys.argv[1:]); "
-        "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), "
-        "file=sys.stderr)")
+# Peak memory from the child's own VmHWM: getrusage's ru_maxrss survives fork + exec on Linux, so a child
+# of this script (which renders a 1.4 GB phantom first) would report at least the parent's peak.
+CODE = ("import sys, json; from lnrt.cli import main; rc = main(sys.argv[1:]); "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+        "print(json.dumps({'rc': rc, 'maxrss_kb': int(hwm)}), file=sys.stderr)")
 EXCLUDED = ("network", "write", "total")
 
 
