@@ -11,10 +11,10 @@ export leaves nothing behind. Steps:
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from lnrt.atomic import commit
 from lnrt.errors import LnrtError
 from lnrt.package import ModelPackage, make_manifest, write_manifest
 
@@ -58,9 +58,9 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
         if variants:
             from .variants import add_variants
             add_variants(stage, variants, calib=calib, keep=keep, force=force, threads=threads)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
+        if out.exists() and not out.is_dir():
+            out.unlink()
+        commit(stage, out)  # an older package folder there is replaced
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out

@@ -27,7 +27,8 @@ from typing import Iterable
 
 import numpy as np
 
-from lnrt.errors import LnrtError, missing_extra
+from lnrt.errors import LnrtError
+from lnrt.optional import require
 
 # Ops that are safe in float16 and whose float inputs are all data (or, for the listed ops, only the
 # given input positions are data; the rest are shapes, scales or indices that must keep their type).
@@ -46,11 +47,7 @@ FP32_OPS = ("BatchNormalization", "InstanceNormalization", "LayerNormalization",
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise missing_extra("onnx", "export") from None
-    return onnx
+    return require("onnx", "export")
 
 
 def _float_types(model) -> dict:

@@ -23,18 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lnrt.errors import LnrtError, missing_extra
+from lnrt.errors import LnrtError
+from lnrt.optional import require
 
 OPSET = 17
 STATE_KEYS = ("state_dict", "model", "network_weights", "model_state_dict")
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise missing_extra("torch", "export") from None
-    return torch
+    return require("torch", "export")
 
 
 def import_object(path: str):
@@ -55,10 +52,7 @@ def load_state_dict(path: str | Path) -> dict:
     if not path.is_file():
         raise LnrtError(f"{path}: no such weights file; expected a .safetensors or .pt state dict")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise missing_extra("safetensors", "export") from None
+        load_file = require("safetensors.torch", "export", "safetensors").load_file
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types

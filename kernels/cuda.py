@@ -9,6 +9,7 @@ oracles (cc3d for labels, in cc3d's raster numbering; NumPy for statistics): see
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from importlib import resources
 
 import numpy as np
@@ -19,8 +20,28 @@ THREADS = 256
 _modules: dict = {}
 
 
+_array_module = None  # a stand-in for CuPy (tests/cuda_emu), set with `use`
+
+
+@contextmanager
+def use(array_module):
+    """Run the launchers on another module with CuPy's interface (the tests' CPU emulation of the
+    kernels); the compiled-module cache is emptied on the way in and out."""
+    global _array_module
+    before = _array_module
+    _array_module = array_module
+    _modules.clear()
+    try:
+        yield array_module
+    finally:
+        _array_module = before
+        _modules.clear()
+
+
 def cupy():
     """CuPy, once lnrt.device's probe has found a usable GPU; a one-line error otherwise."""
+    if _array_module is not None:
+        return _array_module
     from lnrt.device import probe_gpu
 
     probe = probe_gpu()

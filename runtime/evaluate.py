@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from .errors import LnrtError
 from .imageio import read_labels, stem_of
-from .nodes import label_components
+from .nodes import component_stats, label_components
 from .recist import recist_axes
 from .volume import Orientation, Volume
 
@@ -72,14 +72,20 @@ def hausdorff(a: np.ndarray, b: np.ndarray, spacing_xyz) -> tuple:
     return float(max(da.max(), db.max())), float(max(np.percentile(da, 95), np.percentile(db, 95)))
 
 
-def _short_axes(labels: np.ndarray, ids, vol: Volume, orient: Orientation) -> dict:
-    out = {}
+def _boxes(labels: np.ndarray) -> tuple:
+    """(ids present, {id: crop slices}) from one pass of component statistics."""
+    st = component_stats(np.ascontiguousarray(labels), int(labels.max(initial=0)))
+    ids = np.flatnonzero(st["count"]) + 1
+    return [int(i) for i in ids], {int(i): tuple(slice(int(b[a]), int(b[a + 3]) + 1) for a in range(3))
+                                   for i, b in zip(ids, st["bbox"][ids - 1])}
+
+
+def _short_axes(labels: np.ndarray, ids, boxes: dict, vol: Volume, orient: Orientation) -> dict:
+    """Short axis of each id, measured on its own crop (never a whole-volume mask per id)."""
     sp_c = vol.spacing_zyx[list(orient.perm)]
+    out = {}
     for i in ids:
-        idx = np.argwhere(labels == i)
-        lo, hi = idx.min(0), idx.max(0) + 1
-        crop = labels[tuple(slice(a, b) for a, b in zip(lo, hi))] == i
-        axes = recist_axes(orient.to_canonical(crop), sp_c)
+        axes = recist_axes(orient.to_canonical(labels[boxes[i]] == i), sp_c)
         out[int(i)] = axes.short_mm if axes else 0.0
     return out
 
@@ -94,22 +100,23 @@ def evaluate_scan(pred: Volume, truth: Volume, name: str = "scan") -> dict:
     t = _instances(np.asarray(truth.array))
     pf, tf = p > 0, t > 0
     orient = Orientation.of(truth.direction, name)
-    t_ids = [int(i) for i in np.unique(t) if i]
-    p_ids = [int(i) for i in np.unique(p) if i]
-    true_short = _short_axes(t, t_ids, truth, orient)
+    t_ids, t_boxes = _boxes(t)
+    p_ids, p_boxes = _boxes(p)
+    true_short = _short_axes(t, t_ids, t_boxes, truth, orient)
     nodes = []
     matched_pred = {}
     for i in t_ids:
-        m = t == i
-        covered = pf[m]
-        overlap = p[m][covered]
+        box = t_boxes[i]
+        m = t[box] == i
+        covered = pf[box][m]
+        overlap = p[box][m][covered]
         best = int(np.bincount(overlap).argmax()) if overlap.size else None
         nodes.append({"id": i, "short_axis_mm": round(true_short[i], 3), "voxels": int(m.sum()),
                       "coverage": round(float(covered.mean()), 4), "detected": bool(covered.any()),
                       "detected_50": bool(covered.mean() > 0.5), "pred_id": best})
         if best is not None:
             matched_pred[i] = best
-    pred_short = _short_axes(p, sorted(set(matched_pred.values())), pred, orient)
+    pred_short = _short_axes(p, sorted(set(matched_pred.values())), p_boxes, pred, orient)
     for n in nodes:
         if n["pred_id"] is not None:
             n["short_axis_error_mm"] = round(pred_short[n["pred_id"]] - n["short_axis_mm"], 3)

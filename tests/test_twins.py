@@ -2,8 +2,8 @@
 numbering, errors), tested twin against twin and each against an independent oracle (cc3d for labels,
 per-label NumPy for statistics) across connectivities, dtypes and worst cases.
 
-The "cuda" twin runs where `lnrt.device.probe_gpu()` finds a GPU; elsewhere it is reported as skipped
-(the kernels' CPU emulation is issue 16's work), and the CPU twin is still checked against the oracles.
+The CUDA twin runs on a real GPU where `lnrt.device.probe_gpu()` finds one, and everywhere under the CPU
+emulation of the kernels (tests/cuda_emu), in one sequential and two racing schedules.
 """
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ class CpuTwin:
 
 
 class CudaTwin:
-    def __init__(self):
-        import cupy
+    """The launchers of lnrt.kernels.cuda, on a real GPU (CuPy) or under the CPU emulation of the kernels
+    (tests/cuda_emu: the unchanged .cu sources compiled with g++, blocks and threads in seeded random
+    orders, threads switching at every atomic in mode 1)."""
 
+    def __init__(self, cp):
         from lnrt.kernels import cuda
-        self.cp, self.cuda = cupy, cuda
+        self.cp, self.cuda = cp, cuda
 
     def label_components(self, mask, connectivity=26, min_voxels=0):
         return self.cuda.label_components(self.cp.asarray(mask), connectivity, min_voxels)
@@ -45,14 +47,30 @@ class CudaTwin:
         return self.cp.asnumpy(a)
 
 
-@pytest.fixture(params=["cpu", "cuda"], scope="module")
+# (seed, mode) of the emulated schedules: one sequential (each thread runs to its end, in random order),
+# two with a switch at every atomic
+EMULATED = {"emulated-sequential": (1, 0), "emulated-atomics-a": (2, 1), "emulated-atomics-b": (3, 1)}
+
+
+@pytest.fixture(params=["cpu", *EMULATED, "cuda"], scope="module")
 def twin(request):
     if request.param == "cpu":
-        return CpuTwin()
-    probe = probe_gpu()
-    if not probe.ok:
-        pytest.skip(f"cuda twin: {probe.reason}")
-    return CudaTwin()
+        yield CpuTwin()
+        return
+    if request.param == "cuda":
+        probe = probe_gpu()
+        if not probe.ok:
+            pytest.skip(f"cuda twin on a GPU: {probe.reason} (the emulated twins run the same kernels)")
+        import cupy
+        yield CudaTwin(cupy)
+        return
+    import cuda_emu
+    ok, why = cuda_emu.available()
+    if not ok:
+        pytest.skip(f"kernel emulation: {why}")
+    from lnrt.kernels import cuda
+    with cuda.use(cuda_emu.emulated_cupy(*EMULATED[request.param])) as cp:
+        yield CudaTwin(cp)
 
 
 def _cases():
@@ -142,7 +160,8 @@ def test_statistics_equal_the_oracle_and_the_cpu_twin(twin, dtype):
     image = rng.normal(40, 30, mask.shape).astype(np.float32)
     prob = rng.random(mask.shape).astype(np.float32)
     classes = rng.integers(0, 4, mask.shape).astype(np.uint8)  # class 3 is beyond a 3-class table
-    fmap = nodes.index_map(Orientation((2, 0, 1), (True, False, True), 0.0), (40, 20, 30), (0, 0, 0))
+    # a canonical view (20, 30, 40) of an input stored (30, 40, 20): canonical axis c is input axis perm[c]
+    fmap = nodes.index_map(Orientation((2, 0, 1), (True, False, True), 0.0), (30, 40, 20), (0, 0, 0))
     got = twin.component_stats(labels, n, image, prob, classes, 3, first_map=fmap)
     cpu = nodes.component_stats(labels, n, image, prob, classes, 3, first_map=fmap)
     want = _oracle(labels, n, image, prob, classes, 3, fmap)
@@ -178,3 +197,28 @@ def test_first_voxel_in_the_input_order_from_a_canonical_view(direction):
     got = np.zeros(shape, renumbered.dtype)
     o.to_canonical(got)[...] = renumbered
     np.testing.assert_array_equal(got, cc3d.connected_components(fg_in, connectivity=26))
+
+
+def test_the_emulator_catches_a_union_find_race_a_sequential_run_misses(monkeypatch):
+    """The harness is worth its keep: a merge that ignores atomicMin's result (so a hook that lost a race
+    is taken as done) labels correctly when threads run one after another, and wrongly once threads
+    switch at atomics."""
+    import cuda_emu
+    if not cuda_emu.available()[0]:
+        pytest.skip("kernel emulation needs g++")
+    from lnrt.kernels import cuda
+
+    good = cuda.source("ccl.cu")
+    bad = good.replace("done = (old == b);", "done = true;").replace("done = (old == a);", "done = true;")
+    assert bad != good
+    monkeypatch.setattr(cuda, "source", lambda name: bad if name == "ccl.cu" else good)
+    mask = np.random.default_rng(11).random((12, 24, 24)) < 0.15  # sparse: few redundant links repair a lost hook
+    want = cc3d.connected_components(mask, connectivity=26)
+    wrong = {}
+    for mode in (0, 1):
+        wrong[mode] = 0
+        for seed in range(6):
+            with cuda.use(cuda_emu.emulated_cupy(seed, mode)):
+                got, _ = cuda.label_components(mask, 26)
+            wrong[mode] += not np.array_equal(got, want)
+    assert wrong[0] == 0 and wrong[1] > 0, wrong

@@ -1,8 +1,10 @@
-"""The backend interface: named tensors in, named tensors out.
+"""The backend interface: the device's arrays in, the device's arrays out.
 
-A backend wraps one compiled network. `run` takes a float32 batch (B, C, z, y, x) and returns the
-network's first output as float32 (B, K, z, y, x). Backends say who they are (`name`, `device`) so
-every result can name the engine that produced it.
+A backend wraps one compiled network. `run` takes a float32 batch (B, C, z, y, x) as an array of the device
+it serves (`device`: NumPy arrays for "cpu"; CuPy arrays for "cuda", whose pointers a GPU backend binds
+without a host copy) and returns the network's first output as float32 (B, K, z, y, x) on the same device.
+Backends say who they are (`name`, `device`) so every result can name the engine that produced it; the
+registry in `lnrt.backends` says where each can run (docs/ARCHITECTURE.md, "Backends").
 """
 from __future__ import annotations
 

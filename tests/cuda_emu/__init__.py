@@ -1,0 +1,173 @@
+"""A NumPy-backed stand-in for the parts of CuPy that `lnrt.kernels.cuda` uses, whose `RawModule` compiles
+the unchanged `.cu` sources with g++ against `cuda_emu.h` and runs their grids on the host (seeded random
+block and thread orders, threads as fibers that switch at every atomic). A test tool: it lets every kernel
+test run in CI, where there is no GPU, and it is never the product's path.
+
+    from cuda_emu import emulated_cupy
+    cp = emulated_cupy(seed=3, mode=1)      # mode 1: switch threads at every atomic; 0: run each to its end
+    mod = cp.RawModule(code=source, options=("-std=c++14", "-DLNRT_INDEX=long long"))
+    mod.get_function("init")((blocks,), (threads,), (mask, parent, np.int32(n)))
+
+Each kernel's arguments are checked against its C signature before the launch: a pointer takes an array
+whose dtype is the pointee's (or `np.uintp(0)`, a null pointer), a scalar takes a NumPy scalar of exactly
+the parameter's type. Compiled modules are cached by the hash of source, options and this folder's header.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+HEADER = HERE / "cuda_emu.h"
+CACHE = Path(os.environ.get("LNRT_EMU_CACHE", Path(tempfile.gettempdir()) / "lnrt-cuda-emu"))
+
+# C types of kernel parameters -> NumPy dtypes (after LNRT_INDEX is substituted for idx_t)
+C_TYPES = {"unsigned char": np.uint8, "char": np.int8, "int": np.int32, "unsigned int": np.uint32,
+           "long long": np.int64, "unsigned long long": np.uint64, "float": np.float32, "double": np.float64}
+CTYPES = {np.uint8: ctypes.c_uint8, np.int8: ctypes.c_int8, np.int32: ctypes.c_int32, np.uint32: ctypes.c_uint32,
+          np.int64: ctypes.c_int64, np.uint64: ctypes.c_uint64, np.float32: ctypes.c_float,
+          np.float64: ctypes.c_double}
+KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
+
+
+def available() -> tuple:
+    """(usable, reason): the emulator needs g++."""
+    if shutil.which("g++") is None:
+        return False, "g++ is not installed"
+    return True, "g++"
+
+
+def _index_type(options) -> str:
+    for o in options:
+        if o.startswith("-DLNRT_INDEX="):
+            return o.split("=", 1)[1].strip()
+    return "int"
+
+
+def parse_signatures(code: str, index_type: str) -> dict:
+    """{kernel: [(C type, is_pointer, name)]} from the `extern "C" __global__` declarations."""
+    out = {}
+    for name, params in KERNEL.findall(code):
+        args = []
+        for p in params.split(","):
+            p = " ".join(p.replace("*", " * ").split())
+            pointer = "*" in p
+            words = [w for w in p.replace("*", " ").split() if w != "const"]
+            ctype = " ".join(words[:-1]).replace("idx_t", index_type)
+            if ctype not in C_TYPES:
+                raise TypeError(f"{name}: parameter {p!r} has a type the emulator does not know")
+            args.append((ctype, pointer, words[-1]))
+        out[name] = args
+    return out
+
+
+def _wrappers(signatures: dict) -> str:
+    lines = []
+    for name, args in signatures.items():
+        call = ", ".join(f"*({c}{'*' if ptr else ''}*)a[{i}]" for i, (c, ptr, _) in enumerate(args))
+        lines.append(f'extern "C" unsigned long long emu_launch_{name}(void** a, unsigned int g, unsigned int b, '
+                     f'unsigned long long seed, int mode) {{ emu_switches = 0; '
+                     f'emu_run_grid(g, b, seed, mode, [=]() {{ {name}({call}); }}); return emu_switches; }}')
+    return "\n".join(lines) + "\n"
+
+
+def compile_module(code: str, options=()) -> tuple:
+    """(ctypes library, signatures) for a CUDA source, compiled once per (source, options, header)."""
+    options = tuple(o for o in options if o.startswith("-D"))
+    signatures = parse_signatures(code, _index_type(options))
+    text = code + "\n" + _wrappers(signatures)
+    key = hashlib.sha256("\0".join([text, *options, HEADER.read_text()]).encode()).hexdigest()[:20]
+    lib = CACHE / f"{key}.so"
+    if not lib.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        src = CACHE / f"{key}.cpp"
+        src.write_text(text)
+        tmp = CACHE / f".{key}.{os.getpid()}.so"
+        cmd = ["g++", "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-include", str(HEADER), *options,
+               str(src), "-o", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"emulated compile failed:\n{proc.stderr[-3000:]}")
+        os.replace(tmp, lib)
+    return ctypes.CDLL(str(lib)), signatures
+
+
+class Kernel:
+    def __init__(self, lib, name: str, signature: list, schedule):
+        self.name, self.signature, self.schedule = name, signature, schedule
+        self.fn = getattr(lib, f"emu_launch_{name}")
+        self.fn.restype = ctypes.c_ulonglong
+        self.fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint, ctypes.c_uint, ctypes.c_ulonglong,
+                            ctypes.c_int]
+        self.switches = 0
+
+    def _arg(self, value, ctype: str, pointer: bool, pname: str):
+        want = np.dtype(C_TYPES[ctype])
+        if pointer:
+            if isinstance(value, np.uintp) and int(value) == 0:
+                return ctypes.c_void_p(0)
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{self.name}: argument {pname} ({ctype}*) needs an array, got {type(value).__name__}")
+            if value.dtype != want or not value.flags.c_contiguous:
+                raise TypeError(f"{self.name}: argument {pname} ({ctype}*) needs a contiguous {want} array, "
+                                f"got {value.dtype}")
+            return ctypes.c_void_p(value.ctypes.data)
+        if not isinstance(value, np.generic) or value.dtype != want:
+            raise TypeError(f"{self.name}: argument {pname} ({ctype}) needs a numpy {want} scalar, "
+                            f"got {type(value).__name__} {getattr(value, 'dtype', '')}")
+        return CTYPES[want.type](value.item())
+
+    def __call__(self, grid, block, args):
+        if len(args) != len(self.signature):
+            raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.signature)} parameters")
+        if any(int(g) != 1 for g in tuple(grid)[1:]) or any(int(b) != 1 for b in tuple(block)[1:]):
+            raise TypeError(f"{self.name}: the emulator runs 1D grids and blocks only")
+        values = [self._arg(v, *sig) for v, sig in zip(args, self.signature)]
+        pointers = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        seed, mode = self.schedule()
+        self.switches = self.fn(pointers, int(grid[0]), int(block[0]), seed, mode)
+
+
+class RawModule:
+    """cupy.RawModule's constructor and get_function, for the emulator."""
+
+    def __init__(self, code: str, options=(), schedule=lambda: (0, 0)):
+        self.lib, self.signatures = compile_module(code, options)
+        self.schedule = schedule
+
+    def get_function(self, name: str) -> Kernel:
+        if name not in self.signatures:
+            raise AttributeError(f"no kernel {name!r} in the module (has {', '.join(self.signatures)})")
+        return Kernel(self.lib, name, self.signatures[name], self.schedule)
+
+
+def emulated_cupy(seed: int = 0, mode: int = 1) -> types.ModuleType:
+    """A module with the parts of CuPy's interface that lnrt's launchers use, on NumPy, whose RawModule
+    runs kernels under the emulator with this schedule (each launch gets its own seed)."""
+    cp = types.ModuleType("cupy_emulated")
+    launches = [0]
+
+    def schedule():
+        launches[0] += 1
+        return seed * 1_000_003 + launches[0], mode
+
+    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64",
+                 "empty", "zeros", "full", "cumsum", "bincount", "ascontiguousarray", "ndarray"):
+        setattr(cp, name, getattr(np, name))
+    cp.asarray = lambda a, dtype=None: np.asarray(a, dtype=dtype)
+    cp.asnumpy = lambda a: np.array(a, copy=True)
+    cp.RawModule = lambda code, options=(): RawModule(code, options, schedule)
+    stream = types.SimpleNamespace(synchronize=lambda: None)
+    cp.cuda = types.SimpleNamespace(get_current_stream=lambda: stream,
+                                    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    cp.emulated = True
+    return cp
