@@ -1,18 +1,22 @@
-// 3D connected-component labelling on the GPU: union-find with atomic hooking and path compression.
+// 3D connected-component labelling on the GPU: union-find with atomic hooking and path halving.
 //
-// Algorithm (label equivalence by union-find, after Playne & Hawick, "A New Algorithm for Parallel
-// Connected-Component Labelling on GPUs", IEEE TPDS 29(6), 2018, and Allegretti et al., "Optimized
-// Block-Based Algorithms to Label Connected Components on GPUs", IEEE TPDS 31(2), 2020):
+// Algorithm (union-find over voxels, one thread per voxel, as in Playne & Hawick, "A New Algorithm for
+// Parallel Connected-Component Labelling on GPUs", IEEE TPDS 29(6), 2018; path halving by compare-and-swap
+// as in Jayanti & Tarjan, "A Randomized Concurrent Algorithm for Disjoint Set Union", PODC 2016):
 //   1. init:     every foreground voxel i is its own tree, parent[i] = i; background gets NONE.
 //   2. merge:    every foreground voxel looks at its already-visited neighbours (the half of the 6/18/26
 //                neighbourhood that precedes it in raster order) and unites the two trees. The union
-//                always hooks the larger root under the smaller one with atomicMin, retrying until the
-//                hook holds, so after all merges each tree's root is the smallest linear index in the
-//                component: its first voxel in C (z, y, x) raster order.
-//   3. compress: every voxel follows its parents to the root (path compression).
-// Consecutive ids 1..N in raster order of each component's first voxel (cc3d's and SciPy's numbering,
-// docs/ARCHITECTURE.md, "Twins") then follow from an exclusive prefix sum over "is a root" flags, done by the Python side
-// (CuPy cumsum) and applied by `relabel`.
+//                always hooks the larger root under the smaller one with atomicMin, and retries from the
+//                value atomicMin returned until the hook holds, so after all merges each tree's root is the
+//                smallest linear index in the component: its first voxel in C (z, y, x) raster order.
+//                Every root search halves the path it walks (each visited voxel is pointed at its
+//                grandparent with atomicCAS, which fails harmlessly if another thread moved it first), so a
+//                large solid blob does not grow deep chains that later searches walk again and again.
+//   3. compress: every voxel follows its parents to the root.
+//   4. roots + relabel: "is a root" flags, their inclusive prefix sum (CuPy's cumsum, on the Python side)
+//                gives each root its 1-based rank, and every voxel takes its root's rank: consecutive ids
+//                1..N in raster order of each component's first voxel (cc3d's and SciPy's numbering,
+//                docs/ARCHITECTURE.md, "Twins").
 //
 // Indices are 64-bit when the volume needs it: the Python side compiles this file with
 // -DLNRT_INDEX=long long for volumes of 2^31 voxels or more, int otherwise.
@@ -24,13 +28,25 @@
 typedef LNRT_INDEX idx_t;
 #define NONE ((idx_t)-1)
 
-__device__ idx_t find_root(const idx_t* parent, idx_t i) {
-    idx_t p = parent[i];
-    while (p != i) {
-        i = p;
-        p = parent[i];
+// compare-and-swap on an index (CUDA has no signed 64-bit atomicCAS: the unsigned one does the same bits)
+__device__ inline int cas_index(int* address, int expected, int desired) {
+    return atomicCAS(address, expected, desired);
+}
+__device__ inline long long cas_index(long long* address, long long expected, long long desired) {
+    return (long long)atomicCAS((unsigned long long*)address, (unsigned long long)expected,
+                                (unsigned long long)desired);
+}
+
+// the root of i's tree, pointing each voxel on the way at its grandparent (path halving)
+__device__ idx_t find_root(idx_t* parent, idx_t i) {
+    while (true) {
+        idx_t p = parent[i];
+        if (p == i) return i;
+        idx_t gp = parent[p];
+        if (gp == p) return p;
+        cas_index(&parent[i], p, gp);
+        i = gp;
     }
-    return i;
 }
 
 __device__ void unite(idx_t* parent, idx_t a, idx_t b) {
@@ -99,7 +115,7 @@ extern "C" __global__ void roots(const idx_t* parent, int* is_root, idx_t n) {
     is_root[i] = (parent[i] == i) ? 1 : 0;
 }
 
-// labels[i] = rank of the voxel's root among all roots (inclusive prefix sum), 0 for background
+// labels[i] = rank[root] (the inclusive prefix sum of root flags: 1 for the first root), 0 for background
 extern "C" __global__ void relabel(const idx_t* parent, const int* rank, unsigned int* labels, idx_t n) {
     idx_t i = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
