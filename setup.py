@@ -40,7 +40,9 @@ setup(
     extras_require={
         "export": ["onnx>=1.15", "torch>=2.1", "onnxslim>=0.1.30", "safetensors>=0.4"],
         "train": ["onnx>=1.15", "torch>=2.1"],
-        "gpu": ["cupy-cuda12x>=13", "onnxruntime-gpu>=1.17"],
+        # one CUDA major in one process: onnxruntime-gpu 1.27 and later link CUDA 13 (libcudart.so.13), so
+        # CuPy is the CUDA 13 build. TensorRT's libraries are not on PyPI (see the README's Installing).
+        "gpu": ["cupy-cuda13x>=13.6", "onnxruntime-gpu>=1.27"],
         "openvino": ["openvino>=2024.0"],
         "qc": ["Pillow>=9.2"],
         "clinical": ["highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2"],

@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import RunConfig
 from .device import Device
+from .errors import LnrtError
 from .imageio import ScanInfo
 from .nodes import Frame, component_stats, index_map, label_components, label_dtype, measure_nodes
 from .preprocess import Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample, resampler
@@ -60,6 +61,7 @@ class Scan:
     orient: Orientation
     backend: object = None
     progress: Progress | None = None
+    fallback: Callable | None = None  # () -> the CPU backend to use when the device runs out of memory
     warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     prep: Prepared | None = None  # prepare
@@ -125,11 +127,15 @@ def prepare(scan: Scan, dev: Device) -> None:
 
 # -- window ----------------------------------------------------------------------------------------
 def window(scan: Scan, dev: Device) -> None:
-    """Sliding-window logits over the body's tiles; the backend's own time is the "network" stage."""
+    """Sliding-window logits over the body's tiles; the backend's own time is the "network" stage.
+
+    Out of device memory (the backend raises MemoryError): the tile batch is halved and the window run
+    again, down to one tile; then the scan falls back to the session's CPU backend, with a warning in the
+    report. A scan never crashes on it."""
     prep = scan.prep
     if prep.box is None:
         return
-    net = [0.0]
+    cfg, net = scan.config.window, [0.0]
 
     def predict(batch):
         t0 = dev.clock()
@@ -143,10 +149,31 @@ def window(scan: Scan, dev: Device) -> None:
             scan.progress("network", done, total)
 
     t0 = dev.clock()
-    scan.logits, scan.covered = sliding_window(prep.image, predict, scan.config.window, mask=prep.body,
-                                               progress=tiles_done)
+    while True:
+        try:
+            scan.logits, scan.covered = sliding_window(prep.image, predict, cfg, mask=prep.body,
+                                                       progress=tiles_done)
+            break
+        except MemoryError as exc:
+            cfg = _after_out_of_memory(scan, cfg, exc)
     scan.timings["network"] = net[0]
     scan.timings["accumulate"] = dev.clock() - t0 - net[0]
+
+
+def _after_out_of_memory(scan: Scan, cfg, exc):
+    """The window configuration to retry with after `exc`, or an `LnrtError` when nothing is left."""
+    name = getattr(scan.backend, "name", "backend")
+    if cfg.batch_size > 1:
+        scan.warn(f"{scan.source}: {name} ran out of memory at a batch of {cfg.batch_size} tiles; "
+                  f"retrying with {cfg.batch_size // 2}")
+        return replace(cfg, batch_size=cfg.batch_size // 2)
+    if scan.fallback is None:
+        raise LnrtError(f"{scan.source}: {name} ran out of memory with one tile ({exc}); expected a "
+                        "smaller model or more memory") from None
+    scan.backend, scan.fallback = scan.fallback(), None
+    scan.warn(f"{scan.source}: {name} ran out of memory with one tile; this scan ran on the CPU "
+              f"({scan.backend.name})")
+    return scan.config.window
 
 
 # -- restore ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from ._version import __version__
 from .backends import REGISTRY, available, choose
 from .config import RunConfig
-from .device import CPU, cuda_device
+from .device import CPU
 from .errors import LnrtError
 from .imageio import ScanInfo, read_labels, read_scan, stem_of, to_sitk
 from .nodes import Frame, check_connectivity, component_stats, index_map, label_components, measure_nodes
@@ -147,13 +147,16 @@ class Session:
         # bf16 is not a file: the fp32 model with OpenVINO's bf16 precision hint
         file_variant = "fp32" if variant == "bf16" else variant
         precision = "bf16" if variant == "bf16" else "f32"
-        name, where = choose(self._gated_backend(file_variant, backend), device, precision)
-        self.device = cuda_device() if where == "cuda" else CPU
+        name, self.backend_device = choose(self._gated_backend(file_variant, backend), device, precision)
+        # The stages run on the CPU until their device twins exist (the GPU path's issue): a GPU backend
+        # then takes and returns host arrays, and ONNX Runtime moves each batch to the GPU and back.
+        self.device = CPU
         self.backend = REGISTRY[name].factory(self.package.onnx_path(file_variant), threads=threads,
                                               precision=precision)
         self.config = RunConfig.from_package(self.package, batch_size, mirror_axes, overlap, min_volume_mm3,
                                              neck_region, min_short_axis_px)
         self.memory_limit_gb = memory_limit_gb or 0.8 * _physical_memory_gb()
+        self._file_variant, self._threads, self._fallback = file_variant, threads, None
 
     # the configuration's parts, as earlier versions exposed them
     window = property(lambda self: self.config.window)
@@ -227,14 +230,23 @@ class Session:
         self.check_memory(vol, info.path)
         warnings: list = []
         ctx = Scan(vol, info, self.config, orientation(vol, info.path, warnings), self.backend, progress,
-                   warnings, timings)
+                   self._cpu_fallback if self.backend_device != "cpu" else None, warnings, timings)
         run_stages(ctx, self.device)
         timings["total"] = sum(timings.values())
         return Result(labels=ctx.output, geometry=vol, nodes=ctx.nodes, timings=timings, info=info,
                       model=self.model_info(), settings=settings(ctx), warnings=warnings)
 
+    def _cpu_fallback(self):
+        """The CPU backend a scan falls back to when the GPU runs out of memory (made once, kept)."""
+        if self._fallback is None:
+            name, _ = choose(self._gated_backend(self._file_variant, "auto"), "cpu", "f32")
+            self._fallback = REGISTRY[name].factory(self.package.onnx_path(self._file_variant), threads=self._threads)
+        return self._fallback
+
     def close(self) -> None:
         self.backend.close()
+        if self._fallback is not None:
+            self._fallback.close()
 
     def __enter__(self):
         return self

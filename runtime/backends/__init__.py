@@ -53,6 +53,23 @@ def _probe_onnxruntime() -> tuple:
     return True, "onnxruntime is installed"
 
 
+def _probe_onnxruntime_cuda() -> tuple:
+    if not _importable("onnxruntime"):
+        return False, "onnxruntime is not installed"
+    import onnxruntime as ort
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        return False, ("this onnxruntime has no CUDA provider (has " + ", ".join(providers)
+                       + "); pip install 'lnrt[gpu]' for onnxruntime-gpu")
+    gpu = probe_gpu()
+    return (True, f"CUDA provider on {gpu.name}") if gpu.ok else (False, gpu.reason)
+
+
+def _make_onnxruntime_cuda(onnx_path, threads=None, precision="f32") -> Backend:
+    from .onnxruntime_cuda import OrtBoundBackend
+    return OrtBoundBackend(onnx_path, threads=threads)
+
+
 def _make_openvino(onnx_path, threads=None, precision="f32") -> Backend:
     from .openvino_cpu import OpenVinoCpuBackend
     return OpenVinoCpuBackend(onnx_path, threads=threads, precision=precision)
@@ -75,6 +92,8 @@ def register(spec: BackendSpec, before: str | None = None) -> None:
     REGISTRY.update(items)
 
 
+register(BackendSpec("onnxruntime-cuda", ("cuda",), _probe_onnxruntime_cuda, _make_onnxruntime_cuda, ("f32",),
+                     "ONNX Runtime CUDA"))
 register(BackendSpec("openvino", ("cpu",), _probe_openvino, _make_openvino, ("f32", "bf16"), "OpenVINO"))
 register(BackendSpec("onnxruntime", ("cpu",), _probe_onnxruntime, _make_onnxruntime, ("f32",), "ONNX Runtime"))
 NAMES = ("auto", *REGISTRY)
@@ -139,7 +158,10 @@ def choose(backend: str = "auto", device: str = "auto", precision: str = "f32") 
         who = [n for n, s in REGISTRY.items() if precision in s.precisions]
         raise LnrtError(f"the {precision} variant needs the {' or '.join(who)} backend: "
                         + "; ".join(REGISTRY[n].probe()[1] for n in who))
-    raise LnrtError(f"no backend can run on the {device} here; expected onnxruntime (pip install lnrt)")
+    if device == "cuda":
+        why = "; ".join(f"{n}: {s.probe()[1]}" for n, s in REGISTRY.items() if "cuda" in s.devices)
+        raise LnrtError(f"--device cuda: no GPU backend is usable here ({why}); use --device cpu")
+    raise LnrtError("no backend can run on the CPU here; expected onnxruntime (pip install lnrt)")
 
 
 def create_backend(onnx_path: Path, backend: str = "auto", device: str = "auto",
