@@ -152,7 +152,7 @@ class Session:
         # then takes and returns host arrays, and ONNX Runtime moves each batch to the GPU and back.
         self.device = CPU
         self.backend = REGISTRY[name].factory(self.package.onnx_path(file_variant), threads=threads,
-                                              precision=precision)
+                                              precision=precision, package=self.package, variant=file_variant)
         self.config = RunConfig.from_package(self.package, batch_size, mirror_axes, overlap, min_volume_mm3,
                                              neck_region, min_short_axis_px)
         self.memory_limit_gb = memory_limit_gb or 0.8 * _physical_memory_gb()

@@ -53,8 +53,8 @@ def test_io_binding_equals_the_plain_session_on_host_and_device_arrays(pkg, tile
 
 
 def test_the_registry_serves_the_cli_and_says_why_a_backend_cannot_run():
-    assert backends.names() == ("auto", "onnxruntime-cuda", "openvino", "onnxruntime")
-    assert list(backends.REGISTRY)[:1] == ["onnxruntime-cuda"]  # GPU first in the automatic order
+    assert backends.names() == ("auto", "tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime")
+    assert [s.devices for s in backends.REGISTRY.values()][:2] == [("cuda",), ("cuda",)]  # GPU first
     ok, why = backends.REGISTRY["onnxruntime-cuda"].probe()
     if not ok:
         assert backends.available("cuda") == [] and why and "\n" not in why
@@ -113,4 +113,117 @@ def test_out_of_memory_on_the_cpu_is_one_line():
     s = _session(limit=None, device="cpu")
     with pytest.raises(LnrtError, match="ran out of memory with one tile") as err:
         s.run(SAMPLE)
+    assert "\n" not in str(err.value)
+
+
+def fake_trt_runtime(version: str, compute, patch=(48, 96, 96), classes=2, profile=(1, 2, 4), stale=False):
+    """A strict fake of TensorRT's 10.x/11.x runtime API: the name-based tensor API only (no bindings, no
+    implicit batch), input shapes checked against the profile, execution refused before every I/O
+    tensor has an address. "Device" pointers are host memory, so the fake can run `compute` on them."""
+    import ctypes
+
+    calls = []
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            calls.append("Logger")
+
+    class TensorIOMode:
+        INPUT, OUTPUT = 1, 2
+
+    def view(ptr, shape):
+        n = int(np.prod(shape))
+        return np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr)).reshape(shape)
+
+    class Context:
+        def __init__(self):
+            self.shape, self.addr = None, {}
+
+        def set_input_shape(self, name, shape):
+            assert name == "image"
+            calls.append("set_input_shape")
+            if not (profile[0] <= shape[0] <= profile[2] and tuple(shape[1:]) == (1, *patch)):
+                return False
+            self.shape = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            assert self.shape is not None, "get_tensor_shape before set_input_shape"
+            return (self.shape[0], classes, *patch) if name == "logits" else self.shape
+
+        def set_tensor_address(self, name, ptr):
+            assert name in ("image", "logits") and isinstance(ptr, int) and ptr
+            self.addr[name] = ptr
+
+        def execute_async_v3(self, stream_handle):
+            assert isinstance(stream_handle, int)
+            assert set(self.addr) == {"image", "logits"}, "execute before every I/O tensor had an address"
+            calls.append("execute_async_v3")
+            out = view(self.addr["logits"], (self.shape[0], classes, *patch))
+            out[...] = compute(view(self.addr["image"], self.shape).copy())
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ("image", "logits")[i]
+
+        def get_tensor_mode(self, name):
+            return TensorIOMode.INPUT if name == "image" else TensorIOMode.OUTPUT
+
+        def get_tensor_profile_shape(self, name, profile_index):
+            assert name == "image" and profile_index == 0
+            return tuple((b, 1, *patch) for b in profile)
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            assert isinstance(logger, Logger)
+
+        def deserialize_cuda_engine(self, data):
+            calls.append("deserialize_cuda_engine")
+            return None if stale or not data.startswith(b"engine") else Engine()
+
+    return types.SimpleNamespace(__version__=version, Logger=Logger, Runtime=Runtime, TensorIOMode=TensorIOMode,
+                                 calls=calls)
+
+
+TRT_XP = types.SimpleNamespace(
+    float32=np.float32, asarray=lambda a: np.ascontiguousarray(a).view(DeviceArray),
+    asnumpy=lambda a: np.array(a), concatenate=lambda parts: np.concatenate(parts).view(DeviceArray),
+    ascontiguousarray=DEVICE_XP.ascontiguousarray, empty=DEVICE_XP.empty,
+    cuda=types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=7)))
+
+
+@pytest.mark.parametrize("version", ["10.9.0", "11.3.0"])
+def test_tensorrt_backend_against_a_strict_fake(tmp_path, pkg, version):
+    from lnrt.backends.tensorrt import TensorRtBackend
+
+    ort = backends.create_backend(pkg.onnx_path(), "onnxruntime", "cpu", threads=2)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    trt = fake_trt_runtime(version, ort.run)
+    be = TensorRtBackend(engine, trt=trt, array_module=TRT_XP)
+    assert be.max_batch == 4 and be.describe()["backend_version"] == version
+    x = np.random.default_rng(1).random((6, 1, 48, 96, 96)).astype(np.float32)
+    want = ort.run(x)
+    np.testing.assert_array_equal(be.run(x), want)  # host arrays in and out, split at the profile's max
+    assert trt.calls.count("execute_async_v3") == 2
+    dev = be.run(x[:2].view(DeviceArray))  # device arrays stay on the device
+    assert isinstance(dev, DeviceArray)
+    np.testing.assert_array_equal(np.asarray(dev), want[:2])
+
+
+def test_an_engine_for_another_gpu_or_tensorrt_says_rebuild(tmp_path, pkg):
+    from lnrt.backends.tensorrt import TensorRtBackend
+
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    with pytest.raises(LnrtError, match="rebuild it with lnrt build-engine --rebuild") as err:
+        TensorRtBackend(engine, trt=fake_trt_runtime("10.9.0", None, stale=True), array_module=TRT_XP)
     assert "\n" not in str(err.value)

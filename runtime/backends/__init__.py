@@ -36,7 +36,7 @@ class BackendSpec:
     name: str
     devices: tuple  # the devices it runs on: "cpu", "cuda"
     probe: Callable[[], tuple]  # () -> (usable here, reason)
-    factory: Callable[..., Backend]  # (onnx_path, threads=, precision=) -> Backend
+    factory: Callable[..., Backend]  # (onnx_path, threads=, precision=, package=, variant=) -> Backend
     precisions: tuple = ("f32",)  # precision hints it accepts ("bf16": OpenVINO's CPU hint)
     label: str = ""  # how messages name it ("OpenVINO")
 
@@ -53,6 +53,24 @@ def _probe_onnxruntime() -> tuple:
     return True, "onnxruntime is installed"
 
 
+def _probe_tensorrt() -> tuple:
+    if not _importable("tensorrt"):
+        return False, "TensorRT is not installed (NVIDIA TensorRT 10 or 11 for Python; see the README)"
+    gpu = probe_gpu()
+    return (True, f"TensorRT on {gpu.name}") if gpu.ok else (False, gpu.reason)
+
+
+def _make_tensorrt(onnx_path, threads=None, precision="f32", package=None, variant="fp32", **_) -> Backend:
+    """The engine of the package's variant from the engine cache (built there on first use)."""
+    from lnrt.export.tensorrt import build_engine
+
+    from .tensorrt import TensorRtBackend
+    if package is None:
+        raise LnrtError("the tensorrt backend needs a model package (lnrt.Session builds its engine)")
+    path, _ = build_engine(package, variant)
+    return TensorRtBackend(path)
+
+
 def _probe_onnxruntime_cuda() -> tuple:
     if not _importable("onnxruntime"):
         return False, "onnxruntime is not installed"
@@ -65,17 +83,17 @@ def _probe_onnxruntime_cuda() -> tuple:
     return (True, f"CUDA provider on {gpu.name}") if gpu.ok else (False, gpu.reason)
 
 
-def _make_onnxruntime_cuda(onnx_path, threads=None, precision="f32") -> Backend:
+def _make_onnxruntime_cuda(onnx_path, threads=None, precision="f32", **_) -> Backend:
     from .onnxruntime_cuda import OrtBoundBackend
     return OrtBoundBackend(onnx_path, threads=threads)
 
 
-def _make_openvino(onnx_path, threads=None, precision="f32") -> Backend:
+def _make_openvino(onnx_path, threads=None, precision="f32", **_) -> Backend:
     from .openvino_cpu import OpenVinoCpuBackend
     return OpenVinoCpuBackend(onnx_path, threads=threads, precision=precision)
 
 
-def _make_onnxruntime(onnx_path, threads=None, precision="f32") -> Backend:
+def _make_onnxruntime(onnx_path, threads=None, precision="f32", **_) -> Backend:
     from .onnxruntime_cpu import OrtCpuBackend
     return OrtCpuBackend(onnx_path, threads=threads)
 
@@ -92,6 +110,7 @@ def register(spec: BackendSpec, before: str | None = None) -> None:
     REGISTRY.update(items)
 
 
+register(BackendSpec("tensorrt", ("cuda",), _probe_tensorrt, _make_tensorrt, ("f32",), "TensorRT"))
 register(BackendSpec("onnxruntime-cuda", ("cuda",), _probe_onnxruntime_cuda, _make_onnxruntime_cuda, ("f32",),
                      "ONNX Runtime CUDA"))
 register(BackendSpec("openvino", ("cpu",), _probe_openvino, _make_openvino, ("f32", "bf16"), "OpenVINO"))
@@ -165,10 +184,13 @@ def choose(backend: str = "auto", device: str = "auto", precision: str = "f32") 
 
 
 def create_backend(onnx_path: Path, backend: str = "auto", device: str = "auto",
-                   threads: int | None = None, precision: str = "f32") -> Backend:
-    """The backend to run `onnx_path`; `precision` "bf16" (OpenVINO only) sets the CPU precision hint."""
+                   threads: int | None = None, precision: str = "f32", package=None,
+                   variant: str = "fp32") -> Backend:
+    """The backend to run `onnx_path`; `precision` "bf16" (OpenVINO only) sets the CPU precision hint.
+    TensorRT needs the `package` (its engine is cached per package variant)."""
     name, _ = choose(backend, device, precision)
-    return REGISTRY[name].factory(onnx_path, threads=threads, precision=precision)
+    return REGISTRY[name].factory(onnx_path, threads=threads, precision=precision, package=package,
+                                  variant=variant)
 
 
 __all__ = ["Backend", "BackendSpec", "REGISTRY", "NAMES", "names", "register", "available", "choose",
