@@ -3,7 +3,7 @@
     python benchmarks/recist_bias.py [--n 30]
 
 For each pixel size (0.4, 0.7, 1.0 mm), `n` ellipses with random semi-axes (a 4-18 mm, b 2.5 mm to a),
-angle and sub-pixel position, drawn as tests/test_recist.py draws them (the same seeds), are measured by
+angle and sub-pixel position, drawn by `lnrt.models.ellipsoids.ellipse_errors`, as tests/test_recist.py draws them (the same seeds), are measured by
 `lnrt.recist.recist_axes`; the error against the analytic 2a and 2b is reported in pixels (mean and SD).
 Writes `benchmarks/results/<host>-<date>-recist-bias.json`.
 """
@@ -16,29 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from lnrt.bench import machine_info, save_result
-from lnrt.recist import recist_axes
-
-
-def ellipse(a_mm, b_mm, theta, spacing, offset=(0.0, 0.0)):
-    n = int(2 * a_mm / min(spacing)) + 8
-    y, x = np.mgrid[0:n, 0:n].astype(float)
-    y = (y - n // 2 - offset[0]) * spacing[0]
-    x = (x - n // 2 - offset[1]) * spacing[1]
-    u = x * np.cos(theta) + y * np.sin(theta)
-    v = -x * np.sin(theta) + y * np.cos(theta)
-    return (u / a_mm) ** 2 + (v / b_mm) ** 2 <= 1.0
+from lnrt.models.ellipsoids import ellipse_errors
 
 
 def bias(spacing: float, n: int) -> dict:
-    rng = np.random.default_rng(int(spacing * 10))
-    long_err, short_err = [], []
-    for _ in range(n):
-        a = rng.uniform(4, 18)
-        b = rng.uniform(2.5, a)
-        m = ellipse(a, b, rng.uniform(0, np.pi), (spacing, spacing), rng.uniform(0, 1, 2))
-        axes = recist_axes(m[None], (3.0, spacing, spacing))
-        long_err.append((axes.long_mm - 2 * a) / spacing)
-        short_err.append((axes.short_mm - 2 * b) / spacing)
+    long_err, short_err = ellipse_errors(spacing, n)
     r = lambda v: round(float(v), 3)  # noqa: E731
     return {"pixel_mm": spacing, "n": n, "long_bias_px": r(np.mean(long_err)), "long_sd_px": r(np.std(long_err)),
             "short_bias_px": r(np.mean(short_err)), "short_sd_px": r(np.std(short_err))}
