@@ -5,7 +5,9 @@ unrecorded and `repeat` times recorded, each run reading the file, running every
 the three contract outputs to a temporary folder, exactly as `lnrt infer` does. Stages (seconds):
 read, preprocess (reorient, resample, body crop, normalize), network (the backend's calls only),
 accumulate (tiling and Gaussian accumulation around them), postprocess (activation, resampling back to
-the scan grid), components, measure, write; plus end to end (wall clock around run and save).
+the scan grid), components, rules, measure, output (the label map in the input's order), write; plus end
+to end (wall clock around run and save). Results from older lnrt, which had no rules or output stage,
+show 0 there.
 Each gets median, p90, p99 and min over the recorded repeats. CPU stages use the host clock; nothing
 here runs on a GPU yet (GPU stages will use device events). The result records the machine, the
 model (sha256, variant, patch, batch), the scan (size, spacing) and the engine, so a number is never
@@ -28,10 +30,12 @@ from .atomic import atomic_path, write_json
 from .errors import LnrtError
 from .optional import require
 
-STAGES = ("read", "preprocess", "network", "accumulate", "postprocess", "components", "measure", "write")
+STAGES = ("read", "preprocess", "network", "accumulate", "postprocess", "components", "rules", "measure", "output",
+          "write")
+_ZERO = {"median": 0.0, "p90": 0.0, "p99": 0.0, "min": 0.0}  # a stage that results from older lnrt lack
 COLORS = {"read": (120, 144, 156), "preprocess": (66, 165, 245), "network": (239, 83, 80),
           "accumulate": (255, 167, 38), "postprocess": (171, 71, 188), "components": (102, 187, 106),
-          "measure": (38, 166, 154), "write": (141, 110, 99)}
+          "rules": (255, 238, 88), "measure": (38, 166, 154), "output": (0, 121, 107), "write": (141, 110, 99)}
 
 
 def parse_size(text: str) -> tuple:
@@ -199,7 +203,7 @@ def compare_table(results: list) -> str:
         st = r["stages_s"]
         cells = [where, f"{r['engine']['backend']} {r['engine'].get('backend_version', '')}".strip(),
                  r["model"]["variant"], "x".join(map(str, r["scan"]["size_xyz"]))]
-        cells += [f"{st[k]['median']:.3f}" for k in STAGES]
+        cells += [f"{st.get(k, _ZERO)['median']:.3f}" for k in STAGES]
         cells += [f"**{st['end_to_end']['median']:.2f}**", str(r.get("tiles_per_s"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -210,7 +214,7 @@ def compare_chart(results: list, path) -> Path:
     require("PIL", "qc", "Pillow")
     from PIL import Image, ImageDraw
     labels = [_label(r) for r in results]
-    totals = [sum(r["stages_s"][k]["median"] for k in STAGES) for r in results]
+    totals = [sum(r["stages_s"].get(k, _ZERO)["median"] for k in STAGES) for r in results]
     width, left, bar, gap, top = 1000, 360, 26, 14, 40
     height = top + len(results) * (bar + gap) + 60
     img = Image.new("RGB", (width, height), "white")
@@ -222,7 +226,7 @@ def compare_chart(results: list, path) -> Path:
         d.text((10, y + 7), lab[:58], fill="black")
         x = left
         for k in STAGES:
-            w = r["stages_s"][k]["median"] * scale
+            w = r["stages_s"].get(k, _ZERO)["median"] * scale
             if w > 0:
                 d.rectangle([x, y, x + w, y + bar], fill=COLORS[k])
             x += w
@@ -243,7 +247,7 @@ def format_result(r: dict) -> str:
              f"({r['scan']['voxels'] / 1e6:.1f} M voxels); {r['repeat']} runs after {r['warmup']} warm-up",
              f"{'stage':<12} {'median':>8} {'p90':>8} {'p99':>8} {'min':>8}"]
     for k in STAGES + ("end_to_end",):
-        s = r["stages_s"][k]
+        s = r["stages_s"].get(k, _ZERO)
         lines.append(f"{k:<12} {s['median']:>8.3f} {s['p90']:>8.3f} {s['p99']:>8.3f} {s['min']:>8.3f}")
     lines.append(f"tiles {r['tiles']} ({r['tiles_per_s']} tiles/s), {r['voxels_per_s'] / 1e6:.1f} M voxels/s, "
                  f"peak host memory {r['peak_host_memory_mb']:.0f} MB")
