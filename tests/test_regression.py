@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent / "regression"
 sys.path.insert(0, str(HERE))
 import cases  # noqa: E402
 
-REFERENCE = json.loads((HERE / "reference.json").read_text())
+REFERENCE = json.loads((HERE / "reference.json").read_text(encoding="utf-8"))
 FULL = os.environ.get("LNRT_FULL_REGRESSION") == "1"
 # cases that take more than about 25 s on the 2-core machine (the network on large grids)
 SLOW = {"context_20100", "openkbp_pt_2", "openkbp_pt_3", "openkbp_pt_4", "abdomen_pelvis_3mm"}

@@ -11,7 +11,7 @@ SOURCES = [p for d in ("runtime", "export", "kernels", "models", "benchmarks") f
 
 
 def _functions(path: Path):
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             yield node.name, node.end_lineno - node.lineno + 1
 
@@ -22,7 +22,7 @@ def test_no_function_in_the_runtime_is_over_60_lines():
 
 
 def test_session_run_is_a_short_loop_over_the_stages():
-    tree = ast.parse((ROOT / "runtime" / "session.py").read_text())
+    tree = ast.parse((ROOT / "runtime" / "session.py").read_text(encoding="utf-8"))
     session = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Session")
     run = next(n for n in session.body if isinstance(n, ast.FunctionDef) and n.name == "run")
     assert run.end_lineno - run.lineno + 1 < 40
@@ -33,15 +33,15 @@ def test_one_gpu_probe():
     """Only lnrt.device asks CUDA whether a GPU is there; everything else asks lnrt.device.probe_gpu (the
     ONNX Runtime CUDA backend's probe asks its library whether it was built with CUDA, then probe_gpu)."""
     asking = re.compile(r"getDeviceCount|getDeviceProperties|torch\.cuda\.is_available")
-    hits = sorted(str(p.relative_to(ROOT)) for p in SOURCES if asking.search(p.read_text()))
+    hits = sorted(str(p.relative_to(ROOT)) for p in SOURCES if asking.search(p.read_text(encoding="utf-8")))
     assert hits == ["models/train.py", "runtime/device.py"]  # training picks torch's own device
 
 
 def test_the_design_document_exists_and_the_code_points_at_it():
-    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
     for section in ("## Layout", "## One scan, stage by stage", "## Device", "## Twins", "## Backends", "## Contracts"):
         assert section in doc
     files = SOURCES + list((ROOT / "kernels").glob("*.cu")) + [ROOT / "setup.py"]
-    assert not [p.name for p in files if "DESIGN.md" in p.read_text()]
-    cited = {m for p in files for m in re.findall(r'docs/ARCHITECTURE\.md, "([^"]+)"', p.read_text())}
+    assert not [p.name for p in files if "DESIGN.md" in p.read_text(encoding="utf-8")]
+    cited = {m for p in files for m in re.findall(r'docs/ARCHITECTURE\.md, "([^"]+)"', p.read_text(encoding="utf-8"))}
     assert cited and all(f"## {c}" in doc for c in cited), cited

@@ -85,12 +85,12 @@ def compile_module(code: str, options=()) -> tuple:
     options = tuple(o for o in options if o.startswith("-D"))
     signatures = parse_signatures(code, _index_type(options))
     text = code + "\n" + _wrappers(signatures)
-    key = hashlib.sha256("\0".join([text, *options, HEADER.read_text()]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join([text, *options, HEADER.read_text(encoding="utf-8")]).encode()).hexdigest()[:20]
     lib = CACHE / f"{key}.so"
     if not lib.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         src = CACHE / f"{key}.cpp"
-        src.write_text(text)
+        src.write_text(text, encoding="utf-8")
         tmp = CACHE / f".{key}.{os.getpid()}.so"
         cmd = ["g++", "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-include", str(HEADER), *options,
                str(src), "-o", str(tmp)]

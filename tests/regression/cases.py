@@ -63,9 +63,12 @@ def session():
 
 
 def summarise(result) -> dict:
+    """The case's outputs: label map hash, node table, warnings (with the data folder's path written
+    `<shared>`, so that any checkout compares) and settings."""
     labels = np.ascontiguousarray(result.labels)
+    warnings = [w.replace(str(SHARED), "<shared>") for w in result.warnings]
     return {"labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(), "labels_dtype": str(labels.dtype),
-            "shape_zyx": list(labels.shape), "nodes": result.nodes, "warnings": result.warnings,
+            "shape_zyx": list(labels.shape), "nodes": result.nodes, "warnings": warnings,
             "settings": {k: v for k, v in result.settings.items() if k != "rules"}}
 
 

@@ -52,7 +52,7 @@ def main() -> None:
     import lnrt
     root = Path(lnrt.__file__).resolve().parents[1]
     commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    data = json.loads(out.read_text()) if out.exists() else {"cases": {}}
+    data = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {"cases": {}}
     if not record_changes:
         data.update({"lnrt_commit": commit, "backend": "onnxruntime", "threads": 2})
     with cases.session() as s:
@@ -70,7 +70,7 @@ def main() -> None:
             else:
                 data["cases"][name] = got
             print(f"{name}: {len(got['nodes'])} nodes, {time.perf_counter() - t0:.1f} s", flush=True)
-    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
