@@ -36,6 +36,7 @@ C_TYPES = {"unsigned char": np.uint8, "char": np.int8, "int": np.int32, "unsigne
 CTYPES = {np.uint8: ctypes.c_uint8, np.int8: ctypes.c_int8, np.int32: ctypes.c_int32, np.uint32: ctypes.c_uint32,
           np.int64: ctypes.c_int64, np.uint64: ctypes.c_uint64, np.float32: ctypes.c_float,
           np.float64: ctypes.c_double}
+FLAGS = "-fvisibility=hidden -Wl,-Bsymbolic"  # part of the cache key
 KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
 
 
@@ -74,7 +75,8 @@ def _wrappers(signatures: dict) -> str:
     lines = []
     for name, args in signatures.items():
         call = ", ".join(f"*({c}{'*' if ptr else ''}*)a[{i}]" for i, (c, ptr, _) in enumerate(args))
-        lines.append(f'extern "C" unsigned long long emu_launch_{name}(void** a, unsigned int g, unsigned int b, '
+        lines.append(f'extern "C" __attribute__((visibility("default"))) unsigned long long '
+                     f'emu_launch_{name}(void** a, unsigned int g, unsigned int b, '
                      f'unsigned long long seed, int mode) {{ emu_switches = 0; '
                      f'emu_run_grid(g, b, seed, mode, [=]() {{ {name}({call}); }}); return emu_switches; }}')
     return "\n".join(lines) + "\n"
@@ -85,15 +87,17 @@ def compile_module(code: str, options=()) -> tuple:
     options = tuple(o for o in options if o.startswith("-D"))
     signatures = parse_signatures(code, _index_type(options))
     text = code + "\n" + _wrappers(signatures)
-    key = hashlib.sha256("\0".join([text, *options, HEADER.read_text(encoding="utf-8")]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join([text, *options, HEADER.read_text(encoding="utf-8"), FLAGS]).encode()).hexdigest()[:20]
     lib = CACHE / f"{key}.so"
     if not lib.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         src = CACHE / f"{key}.cpp"
         src.write_text(text, encoding="utf-8")
         tmp = CACHE / f".{key}.{os.getpid()}.so"
-        cmd = ["g++", "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-include", str(HEADER), *options,
-               str(src), "-o", str(tmp)]
+        # kernels keep their CUDA names (`compress`, `merge`...): hidden and bound inside the library, so a
+        # process that already loaded zlib's `compress` does not send the kernel's calls there
+        cmd = ["g++", "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-fvisibility=hidden", "-Wl,-Bsymbolic",
+               "-include", str(HEADER), *options, str(src), "-o", str(tmp)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"emulated compile failed:\n{proc.stderr[-3000:]}")
