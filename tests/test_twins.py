@@ -222,3 +222,31 @@ def test_the_emulator_catches_a_union_find_race_a_sequential_run_misses(monkeypa
                 got, _ = cuda.label_components(mask, 26)
             wrong[mode] += not np.array_equal(got, want)
     assert wrong[0] == 0 and wrong[1] > 0, wrong
+
+
+def test_switching_at_plain_loads_and_stores_catches_a_non_atomic_minimum(monkeypatch):
+    """Mode 2 also switches threads at every plain load and store (GCC's -fsanitize=thread hooks, served by
+    the emulator): a hook written as a plain read-then-write minimum is wrong there, while the sequential
+    and the atomics-only schedules miss it; the real kernel stays right under mode 2."""
+    import cuda_emu
+    if not cuda_emu.available()[0]:
+        pytest.skip("kernel emulation needs g++")
+    from lnrt.kernels import cuda
+
+    mask = np.random.default_rng(11).random((12, 24, 24)) < 0.15
+    want = cc3d.connected_components(mask, connectivity=26)
+    for seed in range(3):
+        with cuda.use(cuda_emu.emulated_cupy(seed, 2)):
+            np.testing.assert_array_equal(cuda.label_components(mask, 26)[0], want)
+    good = cuda.source("ccl.cu")
+    bad = (good.replace("idx_t old = atomicMin(&parent[b], a);", "idx_t old = parent[b]; if (a < old) parent[b] = a;")
+               .replace("idx_t old = atomicMin(&parent[a], b);", "idx_t old = parent[a]; if (b < old) parent[a] = b;"))
+    assert bad != good
+    monkeypatch.setattr(cuda, "source", lambda name: bad if name == "ccl.cu" else good)
+    wrong = {}
+    for mode in (0, 1, 2):
+        wrong[mode] = 0
+        for seed in range(6):
+            with cuda.use(cuda_emu.emulated_cupy(seed, mode)):
+                wrong[mode] += not np.array_equal(cuda.label_components(mask, 26)[0], want)
+    assert wrong[0] == 0 and wrong[2] > 0, wrong

@@ -4,7 +4,8 @@ block and thread orders, threads as fibers that switch at every atomic). A test 
 test run in CI, where there is no GPU, and it is never the product's path.
 
     from cuda_emu import emulated_cupy
-    cp = emulated_cupy(seed=3, mode=1)      # mode 1: switch threads at every atomic; 0: run each to its end
+    cp = emulated_cupy(seed=3, mode=1)      # 1: switch threads at every atomic; 2: also at plain loads and
+                                            # stores; 0: run each thread to its end
     mod = cp.RawModule(code=source, options=("-std=c++14", "-DLNRT_INDEX=long long"))
     mod.get_function("init")((blocks,), (threads,), (mask, parent, np.int32(n)))
 
@@ -36,7 +37,7 @@ C_TYPES = {"unsigned char": np.uint8, "char": np.int8, "int": np.int32, "unsigne
 CTYPES = {np.uint8: ctypes.c_uint8, np.int8: ctypes.c_int8, np.int32: ctypes.c_int32, np.uint32: ctypes.c_uint32,
           np.int64: ctypes.c_int64, np.uint64: ctypes.c_uint64, np.float32: ctypes.c_float,
           np.float64: ctypes.c_double}
-FLAGS = "-fvisibility=hidden -Wl,-Bsymbolic"  # part of the cache key
+FLAGS = "-fvisibility=hidden -Wl,-Bsymbolic; -c then -shared"  # part of the cache key
 KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
 
 
@@ -82,9 +83,10 @@ def _wrappers(signatures: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compile_module(code: str, options=()) -> tuple:
-    """(ctypes library, signatures) for a CUDA source, compiled once per (source, options, header)."""
-    options = tuple(o for o in options if o.startswith("-D"))
+def compile_module(code: str, options=(), plain_hooks: bool = False) -> tuple:
+    """(ctypes library, signatures) for a CUDA source, compiled once per (source, options, header, mode).
+    `plain_hooks`: instrument every load and store (GCC's -fsanitize=thread hooks, served by the header)."""
+    options = tuple(o for o in options if o.startswith("-D")) + (("-DEMU_PLAIN_HOOKS",) if plain_hooks else ())
     signatures = parse_signatures(code, _index_type(options))
     text = code + "\n" + _wrappers(signatures)
     key = hashlib.sha256("\0".join([text, *options, HEADER.read_text(encoding="utf-8"), FLAGS]).encode()).hexdigest()[:20]
@@ -96,11 +98,17 @@ def compile_module(code: str, options=()) -> tuple:
         tmp = CACHE / f".{key}.{os.getpid()}.so"
         # kernels keep their CUDA names (`compress`, `merge`...): hidden and bound inside the library, so a
         # process that already loaded zlib's `compress` does not send the kernel's calls there
-        cmd = ["g++", "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-fvisibility=hidden", "-Wl,-Bsymbolic",
-               "-include", str(HEADER), *options, str(src), "-o", str(tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"emulated compile failed:\n{proc.stderr[-3000:]}")
+        obj = CACHE / f".{key}.{os.getpid()}.o"
+        instrument = ["-fsanitize=thread"] if plain_hooks else []
+        steps = [["g++", "-std=c++17", "-O1", "-g", "-c", "-fPIC", "-fvisibility=hidden", *instrument, "-include",
+                  str(HEADER), *options, str(src), "-o", str(obj)],
+                 # linked without the sanitizer: the header's hooks stand in for its runtime
+                 ["g++", "-shared", "-Wl,-Bsymbolic", str(obj), "-o", str(tmp)]]
+        for cmd in steps:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"emulated compile failed:\n{proc.stderr[-3000:]}")
+        obj.unlink()
         os.replace(tmp, lib)
     return ctypes.CDLL(str(lib)), signatures
 
@@ -144,8 +152,8 @@ class Kernel:
 class RawModule:
     """cupy.RawModule's constructor and get_function, for the emulator."""
 
-    def __init__(self, code: str, options=(), schedule=lambda: (0, 0)):
-        self.lib, self.signatures = compile_module(code, options)
+    def __init__(self, code: str, options=(), schedule=lambda: (0, 0), plain_hooks: bool = False):
+        self.lib, self.signatures = compile_module(code, options, plain_hooks)
         self.schedule = schedule
 
     def get_function(self, name: str) -> Kernel:
@@ -169,7 +177,7 @@ def emulated_cupy(seed: int = 0, mode: int = 1) -> types.ModuleType:
         setattr(cp, name, getattr(np, name))
     cp.asarray = lambda a, dtype=None: np.asarray(a, dtype=dtype)
     cp.asnumpy = lambda a: np.array(a, copy=True)
-    cp.RawModule = lambda code, options=(): RawModule(code, options, schedule)
+    cp.RawModule = lambda code, options=(): RawModule(code, options, schedule, plain_hooks=mode == 2)
     stream = types.SimpleNamespace(synchronize=lambda: None)
     cp.cuda = types.SimpleNamespace(get_current_stream=lambda: stream,
                                     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))

@@ -8,7 +8,8 @@
 // unfinished thread of a random resident block each time. In mode 1 a thread gives up the processor at
 // every atomic, so another thread's atomics can land between its read of a root and its atomicMin on it:
 // the interleavings that break a union-find whose author forgot to check an atomic's result. Mode 0 runs
-// each thread to its end (threads in random order). There is no __syncthreads and no shared memory here:
+// each thread to its end (threads in random order). Mode 2 also switches at every plain load and store
+// (see EMU_PLAIN_HOOKS at the end), for races between a plain read and a later write. There is no __syncthreads and no shared memory here:
 // lnrt's kernels use neither.
 // A test tool, never the product's path (tests/cuda_emu/__init__.py loads the result with ctypes).
 #pragma once
@@ -19,6 +20,13 @@
 #include <functional>
 #include <random>
 #include <vector>
+
+#ifdef EMU_PLAIN_HOOKS
+// the scheduler itself must not be instrumented (its loads and stores would switch threads)
+#define EMU_NOSAN __attribute__((no_sanitize_thread))
+#else
+#define EMU_NOSAN
+#endif
 
 #define __global__
 #define __device__
@@ -42,15 +50,16 @@ static EmuFiber* emu_current = nullptr;
 static int emu_mode = 0;
 static unsigned long long emu_switches = 0;
 static std::function<void()> emu_body;
+static bool emu_in_fiber = false;  // true while a kernel thread runs (cleared first thing on return)
 
-static inline void emu_yield() {
+EMU_NOSAN static inline void emu_yield() {
     if (emu_mode && emu_current) {
         ++emu_switches;
         swapcontext(&emu_current->ctx, &emu_scheduler);
     }
 }
 
-static void emu_fiber_entry() {
+EMU_NOSAN static void emu_fiber_entry() {
     emu_body();
     emu_current->done = true;
     swapcontext(&emu_current->ctx, &emu_scheduler);
@@ -68,7 +77,7 @@ struct EmuBlock {
     std::vector<unsigned int> live;
 };
 
-static void emu_start_block(EmuBlock& blk, unsigned int id, unsigned int block, size_t stack_size) {
+EMU_NOSAN static void emu_start_block(EmuBlock& blk, unsigned int id, unsigned int block, size_t stack_size) {
     blk.id = id;
     blk.fibers.resize(block);
     blk.live.resize(block);
@@ -86,7 +95,7 @@ static void emu_start_block(EmuBlock& blk, unsigned int id, unsigned int block, 
     }
 }
 
-static void emu_run_grid(unsigned int grid, unsigned int block, unsigned long long seed, int mode,
+EMU_NOSAN static void emu_run_grid(unsigned int grid, unsigned int block, unsigned long long seed, int mode,
                          std::function<void()> body) {
     const size_t stack_size = 32 * 1024;
     std::mt19937_64 rng(seed);
@@ -112,7 +121,9 @@ static void emu_run_grid(unsigned int grid, unsigned int block, unsigned long lo
         blockIdx = {blk.id, 0, 0};
         threadIdx = {f.tid, 0, 0};
         emu_current = &f;
+        emu_in_fiber = true;
         swapcontext(&emu_scheduler, &f.ctx);
+        emu_in_fiber = false;
         emu_current = nullptr;
         if (!f.done) continue;
         blk.live[pick] = blk.live.back();
@@ -125,37 +136,70 @@ static void emu_run_grid(unsigned int grid, unsigned int block, unsigned long lo
 }
 
 template <class T>
-static inline T atomicMin(T* p, T v) {
+EMU_NOSAN static inline T atomicMin(T* p, T v) {
     emu_yield();
     T old = *p;
     if (v < old) *p = v;
     return old;
 }
 template <class T>
-static inline T atomicMax(T* p, T v) {
+EMU_NOSAN static inline T atomicMax(T* p, T v) {
     emu_yield();
     T old = *p;
     if (v > old) *p = v;
     return old;
 }
 template <class T>
-static inline T atomicAdd(T* p, T v) {
+EMU_NOSAN static inline T atomicAdd(T* p, T v) {
     emu_yield();
     T old = *p;
     *p = old + v;
     return old;
 }
 template <class T>
-static inline T atomicCAS(T* p, T compare, T v) {
+EMU_NOSAN static inline T atomicCAS(T* p, T compare, T v) {
     emu_yield();
     T old = *p;
     if (old == compare) *p = v;
     return old;
 }
 template <class T>
-static inline T atomicExch(T* p, T v) {
+EMU_NOSAN static inline T atomicExch(T* p, T v) {
     emu_yield();
     T old = *p;
     *p = v;
     return old;
 }
+
+#ifdef EMU_PLAIN_HOOKS
+// Mode 2: a switch point at every plain load and store too (not inside the atomics above, which are
+// EMU_NOSAN: an atomic is one step, with its switch point before it). The kernel source is compiled with GCC's
+// -fsanitize=thread instrumentation, which calls these hooks before each memory access; they are defined
+// here instead of the ThreadSanitizer runtime (which is never linked), and only switch threads.
+EMU_NOSAN static void emu_plain() {
+    if (emu_in_fiber && emu_mode == 2 && emu_current) {
+        ++emu_switches;
+        swapcontext(&emu_current->ctx, &emu_scheduler);
+    }
+}
+extern "C" {
+EMU_NOSAN void __tsan_init() {}
+EMU_NOSAN void __tsan_func_entry(void*) {}
+EMU_NOSAN void __tsan_func_exit() {}
+EMU_NOSAN void __tsan_vptr_update(void**, void*) {}
+EMU_NOSAN void __tsan_vptr_read(void**) {}
+EMU_NOSAN void __tsan_read_range(void*, unsigned long) { emu_plain(); }
+EMU_NOSAN void __tsan_write_range(void*, unsigned long) { emu_plain(); }
+#define EMU_HOOK(n)                                               \
+    EMU_NOSAN void __tsan_read##n(void*) { emu_plain(); }           \
+    EMU_NOSAN void __tsan_write##n(void*) { emu_plain(); }          \
+    EMU_NOSAN void __tsan_unaligned_read##n(void*) { emu_plain(); } \
+    EMU_NOSAN void __tsan_unaligned_write##n(void*) { emu_plain(); }
+EMU_HOOK(1)
+EMU_HOOK(2)
+EMU_HOOK(4)
+EMU_HOOK(8)
+EMU_HOOK(16)
+}
+#endif
+
