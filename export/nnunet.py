@@ -22,11 +22,31 @@ the stored array order, the same for LPS-stored scans) and resamples with linear
 third-order splines). Tiles outside the body are skipped only for networks without instance
 normalization: with InstanceNorm a tile's output depends on the tile's own statistics, so the
 imported package tiles the whole scan exactly as nnU-Net does (body crop disabled in the manifest).
+
+Nothing in the folder's files can run code (nnU-Net itself resolves plans names with `pydoc.locate`;
+lnrt does not):
+- `network_class_name` must name a class under `dynamic_network_architectures.architectures.` or
+  `lnrt.models.` (whole dotted components, none starting with `_`), defined there and subclassing
+  `torch.nn.Module`; the name is checked before anything is imported. If that module is missing (the
+  class moved between dynamic-network-architectures versions) the class is looked up by name among
+  `dynamic_network_architectures.architectures`' own modules, as nnU-Net does.
+- `_kw_requires_import` values are looked up in `layer_classes()`, a fixed table of torch.nn layers
+  (`LAYER_NAMES`: convolutions, transposed convolutions, instance/batch/group/layer norms, dropouts,
+  common activations, Identity) spelled `torch.nn.X` or by their defining module
+  (`torch.nn.modules.conv.Conv3d`, as nnU-Net writes them), or null; nothing is imported for them.
+- The `architecture` entry may hold only `network_class_name`, `arch_kwargs` and `_kw_requires_import`
+  (nnU-Net v2's keys); `arch_kwargs` names must be parameters of the class's `__init__` (unless it takes
+  `**kwargs`) and may not set `input_channels`, `num_classes` or `deep_supervision`, which lnrt passes.
+- Plans without an `architecture` entry (nnU-Net < 2.4) are refused; re-plan them with a current nnU-Net.
+Every refusal is one `LnrtError` line naming plans.json, the key, the value and what is allowed.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
-import pydoc
+import pkgutil
+import re
 from pathlib import Path
 
 from lnrt.errors import LnrtError
@@ -40,9 +60,12 @@ def _json(path: Path) -> dict:
     if not path.is_file():
         raise LnrtError(f"{path}: missing; expected an nnU-Net v2 results folder with plans.json and dataset.json")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LnrtError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise LnrtError(f"{path}: holds a JSON {type(data).__name__}; expected an object (nnU-Net v2 format)")
+    return data
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -69,21 +92,146 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def build_network(arch: dict, in_channels: int, num_classes: int):
-    """The plans' architecture entry -> an nn.Module without deep supervision."""
-    name = arch.get("network_class_name")
-    cls = pydoc.locate(name) if name else None
-    if cls is None:
-        raise LnrtError(f"plans.json: network class {name!r} cannot be imported; install the package "
-                        "that provides it (dynamic-network-architectures for nnU-Net's own)")
-    kwargs = dict(arch.get("arch_kwargs", {}))
-    for key in arch.get("_kw_requires_import", []):
-        if kwargs.get(key) is not None:
-            obj = pydoc.locate(kwargs[key])
-            if obj is None:
-                raise LnrtError(f"plans.json: {key}={kwargs[key]!r} cannot be imported")
-            kwargs[key] = obj
-    return cls(input_channels=in_channels, num_classes=num_classes, deep_supervision=False, **kwargs)
+# Where `network_class_name` may point: nnU-Net v2's own architectures, and lnrt's.
+ARCH_MODULE_PREFIXES = ("dynamic_network_architectures.architectures.", "lnrt.models.")
+# The keys of nnU-Net v2's plans `architecture` entry (nnunetv2 experiment planners, plans_handler).
+ARCH_KEYS = ("network_class_name", "arch_kwargs", "_kw_requires_import")
+# Passed by lnrt itself (nnU-Net's network interface), never taken from the plans.
+LNRT_KWARGS = ("input_channels", "num_classes", "deep_supervision")
+# torch.nn layers a `_kw_requires_import` entry (conv_op, norm_op, dropout_op, nonlin, ...) may name.
+LAYER_NAMES = (
+    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+    "GroupNorm", "LayerNorm", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+    "ReLU", "LeakyReLU", "PReLU", "GELU", "ELU", "SELU", "SiLU", "Mish", "Tanh", "Sigmoid", "Identity",
+)
+_DOTTED = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)+")  # no component starts with _
+_ALLOWED_ARCH = ("a torch.nn.Module class under " + " or ".join(ARCH_MODULE_PREFIXES)
+                 + " (e.g. dynamic_network_architectures.architectures.unet.PlainConvUNet)")
+_ALLOWED_LAYERS = ("null or one of torch.nn." + ", ".join(LAYER_NAMES)
+                   + " (also spelled by defining module, e.g. torch.nn.modules.conv.Conv3d)")
+
+
+def layer_classes() -> dict:
+    """{spelling: class} for `LAYER_NAMES`: `torch.nn.X` and `<defining module>.X`."""
+    nn = _torch().nn
+    table = {}
+    for name in LAYER_NAMES:
+        cls = getattr(nn, name, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            table[f"torch.nn.{name}"] = cls
+            table[f"{cls.__module__}.{name}"] = cls
+    return table
+
+
+def _refuse(where: str, key: str, value, allowed: str) -> LnrtError:
+    return LnrtError(f"{where}: {key}={value!r} is not allowed; expected {allowed}")
+
+
+def _allowed_prefix(name: str) -> str | None:
+    return next((p for p in ARCH_MODULE_PREFIXES if name.startswith(p)), None)
+
+
+def resolve_network_class(name, where: str = "plans.json", key: str = "architecture.network_class_name"):
+    """`network_class_name` -> the class, only inside `ARCH_MODULE_PREFIXES` (checked before importing)."""
+    torch = _torch()
+    if not isinstance(name, str) or not _DOTTED.fullmatch(name) or not _allowed_prefix(name.rpartition(".")[0] + "."):
+        raise _refuse(where, key, name, _ALLOWED_ARCH)
+    mod_name, _, cls_name = name.rpartition(".")
+    prefix = _allowed_prefix(mod_name + ".")
+    if mod_name + "." == prefix:  # `lnrt.models.X`: a class must live in a module below the prefix
+        raise _refuse(where, key, name, _ALLOWED_ARCH)
+    try:
+        candidates = [importlib.import_module(mod_name)]
+    except ImportError:  # no such module below the prefix, or dynamic-network-architectures missing
+        if not prefix.startswith("dynamic_network_architectures."):
+            raise _refuse(where, key, name, _ALLOWED_ARCH) from None
+        candidates = _dna_modules()
+        if not candidates:
+            raise LnrtError(f"{where}: {key}={name!r} cannot be imported; install the package that provides it "
+                            "(dynamic-network-architectures for nnU-Net's own)") from None
+    for module in candidates:
+        cls = vars(module).get(cls_name)
+        if (isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+                and _allowed_prefix(getattr(cls, "__module__", "") + ".")):
+            return cls
+    raise _refuse(where, key, name, _ALLOWED_ARCH)
+
+
+def _dna_modules() -> list:
+    """dynamic_network_architectures.architectures' own modules (nnU-Net's fallback lookup by class name)."""
+    try:
+        pkg = importlib.import_module("dynamic_network_architectures.architectures")
+    except ImportError:
+        return []
+    mods = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            try:
+                mods.append(importlib.import_module(f"{pkg.__name__}.{info.name}"))
+            except ImportError:  # a module needing an optional dependency
+                continue
+    return mods
+
+
+def network_kwargs(arch, where: str = "plans.json", key: str = "architecture") -> tuple:
+    """The plans' architecture entry -> (class, kwargs), checked against the allow-lists."""
+    if not isinstance(arch, dict):
+        raise LnrtError(f"{where}: {key} is a {type(arch).__name__}; expected an object with "
+                        f"{', '.join(ARCH_KEYS)}")
+    unknown = sorted(set(arch) - set(ARCH_KEYS))
+    if unknown:
+        raise _refuse(where, f"{key}.{unknown[0]}", arch[unknown[0]],
+                      f"only the keys {', '.join(ARCH_KEYS)} (nnU-Net v2's architecture entry)")
+    cls = resolve_network_class(arch.get("network_class_name"), where, f"{key}.network_class_name")
+    kwargs = arch.get("arch_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise _refuse(where, f"{key}.arch_kwargs", kwargs, "an object of keyword arguments")
+    kwargs = dict(kwargs)
+    for k in LNRT_KWARGS:
+        if k in kwargs:
+            raise _refuse(where, f"{key}.arch_kwargs.{k}", kwargs[k], f"no {k} (lnrt sets it)")
+    imports = arch.get("_kw_requires_import", [])
+    if not isinstance(imports, list) or not all(isinstance(k, str) for k in imports):
+        raise _refuse(where, f"{key}._kw_requires_import", imports, "a list of arch_kwargs names")
+    layers = layer_classes()
+    for k in imports:
+        if k not in kwargs:
+            raise _refuse(where, f"{key}._kw_requires_import", k, "names of keys in arch_kwargs")
+        value = kwargs[k]
+        if value is None:
+            continue
+        if not isinstance(value, str) or value not in layers:
+            raise _refuse(where, f"{key}.arch_kwargs.{k}", value, _ALLOWED_LAYERS)
+        kwargs[k] = layers[value]
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params):
+        accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        missing = [k for k in LNRT_KWARGS if k not in accepted]
+        if missing:
+            raise _refuse(where, f"{key}.network_class_name", arch["network_class_name"],
+                          f"a network taking {', '.join(LNRT_KWARGS)} (nnU-Net's interface; it lacks "
+                          f"{', '.join(missing)})")
+        extra = sorted(set(kwargs) - accepted)
+        if extra:
+            raise _refuse(where, f"{key}.arch_kwargs.{extra[0]}", kwargs[extra[0]],
+                          f"only parameters of {cls.__name__}.__init__")
+    return cls, kwargs
+
+
+def build_network(arch: dict, in_channels: int, num_classes: int, where: str = "plans.json",
+                  key: str = "architecture"):
+    """The plans' architecture entry -> an nn.Module without deep supervision (allow-listed, see above)."""
+    cls, kwargs = network_kwargs(arch, where, key)
+    try:
+        return cls(input_channels=in_channels, num_classes=num_classes, deep_supervision=False, **kwargs)
+    except Exception as exc:  # the plans' values do not fit the class: a bad file, not a bug here
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise LnrtError(f"{where}: {key}: {arch['network_class_name']} cannot be built from its arch_kwargs "
+                        f"({type(exc).__name__}: {first}); expected the plans nnU-Net wrote for it") from None
 
 
 def fold_ensemble(networks: list):
@@ -116,14 +264,24 @@ def read_folder(folder, configuration: str | None = None, folds=None,
         if not folds:
             raise LnrtError(f"{folder}: no fold_*/{checkpoint} found; expected trained folds")
     ckpts = [load_checkpoint(folder / f"fold_{f}" / checkpoint) for f in folds]
-    configuration = configuration or ckpts[0].get("init_args", {}).get("configuration") or "3d_fullres"
+    init_args = ckpts[0].get("init_args")
+    configuration = (configuration or (init_args.get("configuration") if isinstance(init_args, dict) else None)
+                     or "3d_fullres")
     configs = plans.get("configurations", {})
-    if configuration not in configs:
+    if not isinstance(configs, dict) or not all(isinstance(c, dict) for c in configs.values()):
+        raise LnrtError(f"{folder / 'plans.json'}: 'configurations' is not an object of objects; expected "
+                        "nnU-Net v2 plans")
+    if not isinstance(configuration, str) or configuration not in configs:
         raise LnrtError(f"{folder / 'plans.json'}: no configuration {configuration!r} "
                         f"(has {', '.join(configs)}); expected --configuration one of those")
-    cfg = dict(configs[configuration])
+    cfg, seen = dict(configs[configuration]), [configuration]
     while "inherits_from" in cfg:  # nnU-Net's configuration inheritance (3d_cascade_fullres etc.)
-        parent = dict(configs[cfg.pop("inherits_from")])
+        parent_name = cfg.pop("inherits_from")
+        if not isinstance(parent_name, str) or parent_name not in configs or parent_name in seen:
+            raise LnrtError(f"{folder / 'plans.json'}: configurations.{seen[-1]}.inherits_from="
+                            f"{parent_name!r} is not allowed; expected another configuration, without cycles")
+        seen.append(parent_name)
+        parent = dict(configs[parent_name])
         parent.update(cfg)
         cfg = parent
     return {"folder": folder, "plans": plans, "dataset": dataset, "configuration": configuration,
@@ -132,6 +290,14 @@ def read_folder(folder, configuration: str | None = None, folds=None,
 
 def manifest_fields(info: dict) -> dict:
     """lnrt manifest fields from nnU-Net's plans and dataset (axis orders converted)."""
+    try:
+        return _manifest_fields(info)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise LnrtError(f"{info['folder']}: plans.json or dataset.json lacks or garbles a field "
+                        f"({type(exc).__name__}: {str(exc)[:120]}); expected nnU-Net v2 files") from None
+
+
+def _manifest_fields(info: dict) -> dict:
     plans, cfg, dataset = info["plans"], info["config"], info["dataset"]
     src = info["folder"] / "plans.json"
     if len(cfg.get("patch_size", [])) != 3:
@@ -174,12 +340,13 @@ def import_nnunet(folder, out, configuration: str | None = None, folds=None,
     info = read_folder(folder, configuration, folds, checkpoint)
     fields = manifest_fields(info)
     arch = info["config"].get("architecture")
+    where, key = info["folder"] / "plans.json", f"configurations.{info['configuration']}.architecture"
     if not arch:
-        raise LnrtError(f"{info['folder'] / 'plans.json'}: configuration has no 'architecture' entry "
-                        "(plans from nnU-Net < 2.4); re-plan with a current nnU-Net")
+        raise LnrtError(f"{where}: {key} is missing (plans from nnU-Net < 2.4); re-plan with a current nnU-Net")
+    network_kwargs(arch, where, key)  # every allow-list check before any fold is built
     nets = []
     for f, ckpt in zip(info["folds"], info["checkpoints"]):
-        net = build_network(arch, 1, len(fields["classes"]))
+        net = build_network(arch, 1, len(fields["classes"]), where, key)
         try:
             net.load_state_dict(ckpt["network_weights"], strict=True)
         except RuntimeError as exc:

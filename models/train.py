@@ -9,8 +9,8 @@ validation uses 9000 and up, evaluation never uses either range below 20000). A 
 kept and refreshed, patches are sampled with a share centred on nodes, augmented (left-right flip,
 HU scale and shift, extra noise), and the loss is cross-entropy + soft Dice of the node class.
 Every `--val-every` iterations the model runs a full sliding window over validation phantoms and the
-Dice is logged to `train_log.jsonl`; the checkpoint (`checkpoint.pt`: weights, optimizer, RNG,
-iteration) makes runs resumable and reproducible.
+Dice is logged to `train_log.jsonl`; the checkpoint (`checkpoint.pt`: weights, optimizer,
+iteration; tensors and plain values, read back with `weights_only=True`) makes runs resumable and reproducible.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lnrt.errors import LnrtError
 
 from .neck import make_spec, render
 from .unet import EDGE, UNet, UNetConfig
@@ -165,7 +167,7 @@ def train(args):
     start = 0
     ckpt = out / "checkpoint.pt"
     if args.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = load_training_checkpoint(ckpt, device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = state["iteration"]
@@ -203,11 +205,26 @@ def train(args):
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), flush=True)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1,
-                        "unet": cfg.to_dict()}, ckpt)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": args.iterations,
-                "unet": cfg.to_dict()}, ckpt)
+            save_training_checkpoint(ckpt, model, opt, it + 1, cfg)
+    save_training_checkpoint(ckpt, model, opt, args.iterations, cfg)
     return model
+
+
+def save_training_checkpoint(path, model, opt, iteration: int, cfg) -> None:
+    """`checkpoint.pt`: tensors, numbers, strings, lists and dicts only, so it loads with
+    `torch.load(weights_only=True)` (no argparse Namespace, numpy object or module is pickled)."""
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": int(iteration),
+                "unet": cfg.to_dict()}, path)
+
+
+def load_training_checkpoint(path, device="cpu") -> dict:
+    """A `save_training_checkpoint` file, unpickled with weights_only=True (nothing else is unpickled)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # unpickling errors of many kinds
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise LnrtError(f"{path}: cannot be read with weights_only=True ({first}); expected a checkpoint "
+                        "written by lnrt.models.train (or start a new run in another --out)") from None
 
 
 def main():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +81,248 @@ def test_import_refusals(tmp_path, scan):
     (folder / "plans.json").unlink()
     with pytest.raises(LnrtError, match="plans.json: missing"):
         read_folder(folder)
+
+
+# --- Nothing in an nnU-Net folder may run code: allow-listed classes and layers only -------------------
+
+def _hostile(folder, **arch_changes):
+    """Rewrite the fixture's plans.json with its architecture entry changed (None removes a key)."""
+    p = json.loads((folder / "plans.json").read_text())
+    arch = p["configurations"]["3d_fullres"]["architecture"]
+    for k, v in arch_changes.items():
+        if v is None:
+            arch.pop(k, None)
+        else:
+            arch[k] = v
+    (folder / "plans.json").write_text(json.dumps(p))
+    return arch
+
+
+@pytest.fixture(scope="module")
+def genuine(tmp_path_factory):
+    return nf.make_folder(tmp_path_factory.mktemp("genuine"), folds=(0,))
+
+
+def _copy(genuine, dst):
+    import shutil
+    return Path(shutil.copytree(genuine, dst))
+
+
+def test_logging_basicconfig_attack_is_refused_and_the_file_untouched(tmp_path, genuine):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    folder = _copy(genuine, tmp_path / "r")
+    # force=True drops pytest's handlers, so without the allow-list basicConfig would open `target` with "w"
+    _hostile(folder, network_class_name="logging.basicConfig",
+             arch_kwargs={"filename": str(target), "filemode": "w", "force": True},
+             _kw_requires_import=[])
+    with pytest.raises(LnrtError) as err:
+        import_nnunet(folder, tmp_path / "out")
+    msg = str(err.value)
+    assert "plans.json" in msg and "network_class_name" in msg and "'logging.basicConfig'" in msg
+    assert "dynamic_network_architectures.architectures." in msg and "lnrt.models." in msg
+    assert "\n" not in msg
+    assert target.read_text() == "keep me\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "subprocess.Popen"])
+def test_callables_outside_the_allow_list_are_never_called(tmp_path, genuine, monkeypatch, target):
+    import builtins
+    import subprocess
+
+    calls = []
+    mod = {"os": os, "builtins": builtins, "subprocess": subprocess}[target.split(".")[0]]
+    monkeypatch.setattr(mod, target.split(".")[1], lambda *a, **k: calls.append((a, k)))
+    folder = _copy(genuine, tmp_path / "r")
+    _hostile(folder, network_class_name=target, arch_kwargs={"command": "touch pwned"}, _kw_requires_import=[])
+    with pytest.raises(LnrtError, match=rf"network_class_name='{target}' is not allowed"):
+        import_nnunet(folder, tmp_path / "out")
+    monkeypatch.undo()
+    assert calls == []
+
+
+def test_names_outside_the_allow_list_are_not_even_imported(tmp_path, genuine, capfd, monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "this", raising=False)  # importing `this` prints the Zen of Python
+    folder = _copy(genuine, tmp_path / "r")
+    _hostile(folder, network_class_name="this.Zen")
+    with pytest.raises(LnrtError, match="is not allowed"):
+        import_nnunet(folder, tmp_path / "out")
+    assert "this" not in sys.modules
+    assert "Beautiful is better" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("name", [
+    "dynamic_network_architectures_evil.X",            # prefix without the dot
+    "dynamic_network_architectures.architecturesX.unet.PlainConvUNet",
+    "lnrt.modelsX.Y",
+    "lnrt.models.UNet",                                # must name a module below the prefix
+    "lnrt.models.train.train",                         # a function, not a class
+    "lnrt.models.unet.nn.Conv3d",                      # attribute walks are not followed
+    "lnrt.models.unet.nn",                             # a module
+    "lnrt.models.train.torch",
+    "dynamic_network_architectures.architectures.unet.nn.Module",
+    "dynamic_network_architectures.architectures.unet.__builtins__",
+    "dynamic_network_architectures.architectures.unet._private",
+    "dynamic_network_architectures.architectures.unet.PlainConvUNet.__init__",
+    "dynamic_network_architectures.architectures.dinov2_eva.InitWeights_He",  # a class, not an nn.Module
+    "PlainConvUNet",
+    "",
+    ["dynamic_network_architectures.architectures.unet.PlainConvUNet"],
+])
+def test_lookalike_names_are_refused(tmp_path, genuine, name):
+    folder = _copy(genuine, tmp_path / "r")
+    _hostile(folder, network_class_name=name)
+    with pytest.raises(LnrtError, match="is not allowed; expected a torch.nn.Module class under"):
+        import_nnunet(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key,value", [
+    ("nonlin", "os.system"),
+    ("conv_op", "builtins.eval"),
+    ("norm_op", "torch.load"),
+    ("norm_op", "torch.nn.Module"),                # not in the layer table
+    ("conv_op", "torch.nn.modules.linear.Conv3d"),  # wrong defining module
+    ("nonlin", "torch.nn.modules.activation.Softmax2d"),
+    ("dropout_op", ["torch.nn.Dropout3d"]),
+])
+def test_kw_requires_import_values_outside_the_layer_table_are_refused(tmp_path, genuine, monkeypatch,
+                                                                      key, value):
+    calls = []
+    monkeypatch.setattr(os, "system", lambda *a, **k: calls.append(a))
+    folder = _copy(genuine, tmp_path / "r")
+    arch = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
+    _hostile(folder, arch_kwargs={**arch["arch_kwargs"], key: value})
+    with pytest.raises(LnrtError, match=rf"arch_kwargs\.{key}=.* is not allowed; expected null or one of torch"):
+        import_nnunet(folder, tmp_path / "out")
+    assert calls == []
+
+
+def test_architecture_entry_shape_is_checked(tmp_path, genuine):
+    folder = _copy(genuine, tmp_path / "r")
+    arch = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
+    kw = arch["arch_kwargs"]
+    cases = [
+        ({"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+          "arch_kwargs": kw, "_kw_requires_import": arch["_kw_requires_import"], "init": "os.system"},
+         r"architecture\.init='os.system' is not allowed; expected only the keys"),
+        ({**arch, "arch_kwargs": {**kw, "evil": 1}}, r"arch_kwargs\.evil=1 is not allowed; expected only "
+                                                    r"parameters of PlainConvUNet"),
+        ({**arch, "arch_kwargs": {**kw, "num_classes": 99}}, r"arch_kwargs\.num_classes=99 is not allowed"),
+        ({**arch, "_kw_requires_import": ["conv_op", "missing_key"]}, r"_kw_requires_import='missing_key'"),
+        ({**arch, "_kw_requires_import": "conv_op"}, r"_kw_requires_import='conv_op' is not allowed"),
+        ({**arch, "arch_kwargs": {**kw, "n_stages": "three"}}, r"PlainConvUNet cannot be built from its "
+                                                              r"arch_kwargs"),
+        ({**arch, "network_class_name": "lnrt.models.unet.UNet"}, r"a network taking input_channels"),
+        ("os.system", r"architecture is a str"),
+    ]
+    for new_arch, message in cases:
+        p = json.loads((genuine / "plans.json").read_text())
+        p["configurations"]["3d_fullres"]["architecture"] = new_arch
+        (folder / "plans.json").write_text(json.dumps(p))
+        with pytest.raises(LnrtError, match=message):
+            import_nnunet(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_old_plans_and_inheritance_cycles_are_refused(tmp_path, genuine):
+    folder = _copy(genuine, tmp_path / "r")
+    _hostile(folder, network_class_name=None, arch_kwargs=None, _kw_requires_import=None)
+    p = json.loads((folder / "plans.json").read_text())
+    del p["configurations"]["3d_fullres"]["architecture"]
+    p["configurations"]["3d_fullres"]["UNet_class_name"] = "os.system"  # nnU-Net < 2.4 spelling
+    (folder / "plans.json").write_text(json.dumps(p))
+    with pytest.raises(LnrtError, match="architecture is missing"):
+        import_nnunet(folder, tmp_path / "out")
+    p = json.loads((genuine / "plans.json").read_text())
+    p["configurations"]["a"] = {"inherits_from": "b"}
+    p["configurations"]["b"] = {"inherits_from": "a"}
+    (folder / "plans.json").write_text(json.dumps(p))
+    with pytest.raises(LnrtError, match="inherits_from='a' is not allowed"):
+        read_folder(folder, configuration="a")
+    (folder / "plans.json").write_text("[1, 2]")
+    with pytest.raises(LnrtError, match="holds a JSON list"):
+        read_folder(folder)
+
+
+def test_layer_table_and_genuine_plans_still_build(genuine):
+    from torch import nn
+
+    from lnrt.export.nnunet import LAYER_NAMES, build_network, layer_classes
+
+    table = layer_classes()
+    assert table["torch.nn.modules.conv.Conv3d"] is nn.Conv3d is table["torch.nn.Conv3d"]
+    assert table["torch.nn.modules.instancenorm.InstanceNorm3d"] is nn.InstanceNorm3d
+    assert table["torch.nn.modules.activation.LeakyReLU"] is nn.LeakyReLU
+    assert all(isinstance(c, type) and issubclass(c, nn.Module) for c in table.values())
+    assert {c.__name__ for c in table.values()} == set(LAYER_NAMES)
+    arch = nf.plans()["configurations"]["3d_fullres"]["architecture"]
+    net = build_network(arch, 1, 2)
+    ref = torch.load(genuine / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    net.load_state_dict(ref, strict=True)
+    assert isinstance(net.encoder.stages[0][0].convs[0].conv, nn.Conv3d)
+
+
+def test_residual_encoder_unet_is_allowed():
+    from lnrt.export.nnunet import build_network
+
+    arch = json.loads(json.dumps(nf.plans()["configurations"]["3d_fullres"]["architecture"]))
+    kw = arch["arch_kwargs"]
+    kw["n_blocks_per_stage"] = kw.pop("n_conv_per_stage")
+    for name in ("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+                 # nnU-Net's own old-plans converter writes this module; the class is found by name
+                 "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet"):
+        arch["network_class_name"] = name
+        net = build_network(arch, 1, 2)
+        assert type(net).__name__ == "ResidualEncoderUNet"
+
+
+def test_cli_refuses_hostile_plans_on_one_line(tmp_path, genuine, capfd):
+    from lnrt.cli import main
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    folder = _copy(genuine, tmp_path / "r")
+    _hostile(folder, network_class_name="logging.basicConfig",
+             arch_kwargs={"filename": str(target), "filemode": "w", "force": True}, _kw_requires_import=[])
+    capfd.readouterr()
+    out = tmp_path / "out"
+    assert main(["export", "nnunet", str(folder), str(out)]) == 2
+    captured = capfd.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("lnrt: error: ") and "network_class_name='logging.basicConfig'" in lines[0]
+    assert str(folder / "plans.json") in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+    assert target.read_text() == "keep me\n"
+
+
+def test_training_checkpoints_round_trip_with_weights_only(tmp_path):
+    """lnrt.models.train saves only what torch.load(weights_only=True) reads, and resumes that way."""
+    import argparse
+
+    from lnrt.models.train import load_training_checkpoint, save_training_checkpoint
+    from lnrt.models.unet import UNet, UNetConfig
+
+    cfg = UNetConfig(features=(4, 8), kernel_sizes=((3, 3, 3),) * 2, strides=((1, 1, 1), (2, 2, 2)),
+                     n_conv_per_stage=(1, 1), n_conv_per_stage_decoder=(1,))
+    model = UNet(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)  # adds initial_lr, as train() does
+    model(torch.zeros(1, 1, 8, 8, 8)).sum().backward()
+    opt.step()
+    save_training_checkpoint(tmp_path / "c.pt", model, opt, np.int64(3), cfg)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert state["iteration"] == 3 and type(state["iteration"]) is int
+    assert UNetConfig.from_dict(state["unet"]) == cfg
+    again = UNet(UNetConfig.from_dict(state["unet"]))
+    again.load_state_dict(state["model"])
+    opt2 = torch.optim.AdamW(again.parameters(), lr=1e-3)
+    opt2.load_state_dict(load_training_checkpoint(tmp_path / "c.pt")["optimizer"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(out="x")}, tmp_path / "bad.pt")
+    with pytest.raises(LnrtError, match="weights_only=True"):
+        load_training_checkpoint(tmp_path / "bad.pt")
