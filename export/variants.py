@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lnrt.atomic import write_bytes
 from lnrt.errors import LnrtError
-from lnrt.package import MANIFEST, VARIANT_FILES, ModelPackage, sha256_of
+from lnrt.package import VARIANT_FILES, ModelPackage
 
 from . import gate as gates
 from .precision import fp32_nodes, to_fp16, to_int8
@@ -124,14 +124,11 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
 
 
 def _update_manifest(pkg: ModelPackage, variant: str, report: dict) -> None:
-    mpath = pkg.path / MANIFEST
-    manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    manifest = json.loads(json.dumps(pkg.manifest))
     fname = VARIANT_FILES[variant]
-    manifest["files"][fname] = {"sha256": sha256_of(pkg.path / fname)}
+    manifest["files"][fname] = {}  # hashed, sized and sealed by write_manifest (via pkg.rewrite)
     manifest.setdefault("variants", {})[variant] = {
         "file": fname, "gate_passed": report["passed"], "dice_vs_fp32": report["dice"],
         "short_axis_max_diff_mm": report["short_axis_max_diff_mm"], "report": f"parity.{variant}.json",
         "gate_backends": report["gate_backends"]}
-    _write_atomic(mpath, (json.dumps(manifest, indent=2) + "\n").encode())
-    pkg.manifest.clear()
-    pkg.manifest.update(manifest)
+    pkg.rewrite(manifest)

@@ -13,6 +13,7 @@ import pytest
 
 import lnrt
 from lnrt.nodes import keep_nodes, label_components
+from lnrt.package import write_manifest
 from lnrt.recist import recist_axes
 from lnrt.region import NeckRegionConfig, find_neck_region, slice_widths
 from lnrt.volume import Volume
@@ -174,7 +175,7 @@ def ruled_package(placeholder_package, tmp_path_factory):
     manifest["postprocessing"].update({"neck_region": {"width_mm": [60.0, 200.0], "margin_mm": 20.0,
                                                        "lateral_margin_mm": 60.0},
                                        "min_short_axis_px": 1.0})
-    (root / "lnrt.json").write_text(json.dumps(manifest))
+    write_manifest(root, manifest)  # hashed and sealed (an unsealed manifest is refused)
     return root
 
 
