@@ -22,7 +22,7 @@ setup(
     },
     package_data={
         "lnrt": ["data/*.nii.gz"],
-        "lnrt.models": ["default/*.onnx", "default/*.json", "default/*.md"],
+        "lnrt.models": ["default/*.onnx", "default/*.json", "default/*.md", "default/*.sha256"],
         "lnrt.kernels": ["*.cu"],
     },
     include_package_data=True,
@@ -36,6 +36,8 @@ setup(
         # ISA-L's gzip: decompresses a .nii.gz about 2x faster than zlib (0.43 vs 0.83 s for the 512 x 512
         # x 250 benchmark scan); lnrt falls back to Python's gzip where it is not installed
         "isal>=1.6",
+        # DICOM folders: every slice's header is read and the series' geometry checked before any pixel is decoded
+        "pydicom>=2.4",
     ],
     extras_require={
         "export": ["onnx>=1.15", "torch>=2.1", "onnxslim>=0.1.30", "safetensors>=0.4"],

@@ -4,7 +4,7 @@ The lean core: importing it never imports torch. See `Session` and `measure`.
 """
 from ._version import __version__
 from .errors import LnrtError
-from .imageio import read_scan
+from .imageio import ScanHeader, probe_scan, read_scan
 from .package import ModelPackage
 from .session import Result, Session, measure
 from .volume import Orientation, Volume
@@ -18,5 +18,5 @@ def sample_path():
     return Path(str(resources.files("lnrt") / "data" / "sample_neck_phantom.nii.gz"))
 
 
-__all__ = ["LnrtError", "ModelPackage", "Orientation", "Result", "Session", "Volume", "measure",
-           "read_scan", "sample_path", "__version__"]
+__all__ = ["LnrtError", "ModelPackage", "Orientation", "Result", "ScanHeader", "Session", "Volume", "measure",
+           "probe_scan", "read_scan", "sample_path", "__version__"]
