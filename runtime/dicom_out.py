@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .atomic import atomic_path
 from .errors import LnrtError
 from .optional import require
 
@@ -52,11 +51,6 @@ def _source_datasets(files: list, source: str) -> list:
         raise LnrtError(f"{source}: DICOM SEG and SR need a DICOM series as input; expected a DICOM folder")
     _, pydicom, _ = _hd()
     return [pydicom.dcmread(f) for f in files]
-
-
-def _write(ds, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        ds.save_as(str(tmp), enforce_file_format=True)
 
 
 def _fix_spacing_sign(ds) -> None:
@@ -192,10 +186,9 @@ def build_dicom(files: list, source: str, labels: np.ndarray, nodes: list, model
     return out
 
 
-def write_datasets(out_dir: Path, stem: str, datasets: dict) -> dict:
-    suffix = {"dicom_seg": ".seg.dcm", "dicom_sr": ".sr.dcm"}
-    paths = {}
-    for key, ds in datasets.items():
-        paths[key] = Path(out_dir) / f"{stem}{suffix[key]}"
-        _write(ds, paths[key])
-    return paths
+def dicom_outputs(datasets: dict) -> dict:
+    """The SEG and SR datasets as outputs of a save (`lnrt.outputs.Output`)."""
+    from .outputs import Output
+
+    return {key: Output(lambda p, ds=ds: ds.save_as(str(p), enforce_file_format=True))
+            for key, ds in datasets.items()}

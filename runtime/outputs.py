@@ -10,8 +10,10 @@ import csv
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import SimpleITK as sitk
 
@@ -45,9 +47,42 @@ def output_paths(out_dir: str | os.PathLike, stem: str) -> dict:
     return {k: d / f"{stem}{s}" for k, s in SUFFIXES.items()}
 
 
+NAME_MAX = 255  # bytes in one file name on ext4, xfs, btrfs, tmpfs (os.pathconf says where it can)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX
+
+
+def _existing_ancestor(d: Path) -> Path:
+    """The nearest folder of `d` (itself or a parent) that exists; a file on the way is an error."""
+    for p in (d, *d.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise LnrtError(f"{d}: {p} is a file, not a folder; expected an output folder that can be created")
+            return p
+    return Path(".")
+
+
+def _probe_write(folder: Path, out_dir: Path) -> None:
+    """Create and remove a file in `folder`: the one test of writability that also holds for root and
+    for read-only mounts (os.access answers yes to root on a read-only folder)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lnrt-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise LnrtError(f"{out_dir}: cannot write there ({exc.strerror or exc}); expected a writable output "
+                        "folder (choose another --out)") from None
+
+
 def check_writable(out_dir: str | os.PathLike, stem: str, overwrite: bool,
                    inputs: tuple = (), extras: tuple = ()) -> dict:
-    """Fail before any work if outputs exist (without overwrite) or would replace an input.
+    """Fail before any work if outputs exist (without overwrite), would replace an input or land inside
+    an input DICOM folder, have names too long for the file system, or cannot be written at all.
 
     `extras` names optional outputs (keys of EXTRA_SUFFIXES) that will be written too."""
     paths = output_paths(out_dir, stem)
@@ -55,13 +90,39 @@ def check_writable(out_dir: str | os.PathLike, stem: str, overwrite: bool,
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
         raise LnrtError(f"{d}: exists and is not a folder; expected an output folder")
+    base = _existing_ancestor(d)
     resolved_inputs = {Path(p).resolve() for p in inputs}
+    out_resolved = d.resolve()
+    for folder in (p for p in resolved_inputs if p.is_dir()):
+        if out_resolved == folder or folder in out_resolved.parents:
+            raise LnrtError(f"{d}: is inside the input folder {folder}; outputs there would mix with the "
+                            "input series: choose another --out folder")
+    limit = _name_max(base)
     for p in paths.values():
+        if len(os.fsencode(p.name)) > limit:
+            raise LnrtError(f"{p.name[:60]}...: output file name is {len(os.fsencode(p.name))} bytes, longer "
+                            f"than the file system's {limit}; expected a shorter input name")
         if p.resolve() in resolved_inputs:
             raise LnrtError(f"{p}: output would replace an input; choose another --out folder")
         if p.exists() and not overwrite:
             raise LnrtError(f"{p}: already exists; pass --overwrite to replace it")
+    _probe_write(base, d)
     return paths
+
+
+def check_extras_installed(extras: tuple, explicit_dicom: bool) -> None:
+    """The optional packages the outputs need, found before any work: Pillow for QC pictures, highdicom
+    and pydicom for a DICOM SEG/SR that was asked for (an automatic SEG is skipped with a warning)."""
+    from importlib.util import find_spec
+
+    from .errors import missing_extra
+
+    if "qc_html" in extras and find_spec("PIL") is None:
+        raise missing_extra("Pillow", "qc")
+    if explicit_dicom and "dicom_seg" in extras:
+        for module in ("pydicom", "highdicom"):
+            if find_spec(module) is None:
+                raise missing_extra(module, "clinical")
 
 
 @dataclass(frozen=True)
@@ -83,13 +144,21 @@ class OutputPlan:
 
 def plan(out_dir: str | os.PathLike, stem: str, overwrite: bool = False, inputs: tuple = (),
          is_dicom: bool = False, viewer: bool = True, qc: bool = False, dicom_seg: bool | None = None,
-         dicom_sr: bool = False) -> OutputPlan:
+         dicom_sr: bool = False, has_uids: bool | None = None) -> OutputPlan:
     """The pre-flight of a save, done once by the CLI before any work and once by `Result.save`: which
-    files, whether they may be written there, and whether the input can give what was asked."""
+    files, whether they may be written there, whether the packages they need are installed, and
+    whether the input can give what was asked (`has_uids`: the DICOM series carries the UIDs a SEG
+    references; None when not known yet)."""
     extras = planned_extras(is_dicom, viewer, qc, dicom_seg, dicom_sr)
+    source = inputs[0] if inputs else stem
     if "dicom_seg" in extras and not is_dicom:
-        raise LnrtError(f"{inputs[0] if inputs else stem}: DICOM SEG and SR need a DICOM series as input; "
+        raise LnrtError(f"{source}: DICOM SEG and SR need a DICOM series as input; "
                         "expected a DICOM folder (or drop --dicom-seg/--dicom-sr)")
+    explicit = bool(dicom_seg) or dicom_sr
+    check_extras_installed(extras, explicit)
+    if explicit and has_uids is False:
+        raise LnrtError(f"{source}: the series lacks Study, Series or SOP Instance UIDs (anonymised without "
+                        "UIDs), which a DICOM SEG must reference; expected a series with UIDs (or --no-dicom-seg)")
     paths = check_writable(out_dir, stem, overwrite, inputs, extras)
     return OutputPlan(Path(out_dir), stem, paths, extras, overwrite)
 
@@ -108,16 +177,61 @@ def nodes_csv(nodes: list) -> str:
     return buf.getvalue()
 
 
-def write_outputs(plan: OutputPlan, label_image: sitk.Image, report: dict) -> dict:
-    """The three contract files, all or nothing (the plan was checked by `plan`)."""
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {k: plan.paths[k] for k in SUFFIXES}
+@dataclass(frozen=True)
+class Output:
+    """One file (or folder) of a save: `write(path)` writes it complete at a temporary path."""
+
+    write: Callable[[Path], object]
+    folder: bool = False
+
+
+def write_outputs(plan: OutputPlan, outputs: dict) -> dict:
+    """Every file of a save, all or nothing: each `Output` is written under a temporary name in the
+    output folder, and only when all are complete and on the disk are they renamed into place (see
+    `lnrt.atomic`). A failure or an interrupt removes the staged files and leaves older outputs as they
+    were. `outputs` maps plan keys to `Output`s; returns {key: final path}."""
+    unplanned = set(outputs) - set(plan.paths)
+    if unplanned:
+        raise ValueError(f"outputs not in the plan: {sorted(unplanned)}")
+    created = not plan.out_dir.exists()
     try:
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
         with Staging() as staged:
-            sitk.WriteImage(label_image, str(staged.path(paths["labels"])), useCompression=True)
-            staged.path(paths["report"]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            staged.path(paths["csv"]).write_text(nodes_csv(report["nodes"]), encoding="utf-8")
+            for key, out in outputs.items():
+                out.write(staged.path(plan.paths[key], folder=out.folder))
             staged.commit()
     except OSError as exc:
-        raise LnrtError(f"{plan.out_dir}: cannot write outputs ({exc.strerror or exc})") from None
-    return paths
+        if created:
+            _remove_empty(plan.out_dir)
+        raise LnrtError(f"{plan.out_dir}: cannot write outputs ({exc.strerror or exc}); nothing was written"
+                        ) from None
+    except BaseException:
+        if created:
+            _remove_empty(plan.out_dir)
+        raise
+    return {k: plan.paths[k] for k in outputs}
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def write_image_file(image: sitk.Image, path: Path) -> None:
+    """SimpleITK's writer, its failures (a full disk) as the OSError they are."""
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise OSError(f"cannot write {path.name}: {(lines[-1] if lines else 'unknown error')[:160]}") from None
+
+
+def contract_outputs(label_image: sitk.Image, report: dict) -> dict:
+    """The three contract files as `Output`s."""
+    return {
+        "labels": Output(lambda p: write_image_file(label_image, p)),
+        "report": Output(lambda p: p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")),
+        "csv": Output(lambda p: p.write_text(nodes_csv(report["nodes"]), encoding="utf-8")),
+    }

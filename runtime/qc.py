@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import Staging
 from .optional import require
 from .viewer import node_color, node_name
 from .volume import Orientation, world_to_index
@@ -204,15 +203,14 @@ def render_qc(vol, labels: np.ndarray, report: dict) -> tuple:
     return _page(report, overview, pngs), files
 
 
-def write_qc(out_dir: Path, stem: str, page: str, files: dict) -> dict:
-    """Write DIR/<stem>.qc.html and DIR/<stem>.qc/ (replacing older ones); returns their paths."""
-    out_dir = Path(out_dir)
-    html_path, folder = out_dir / f"{stem}.qc.html", out_dir / f"{stem}.qc"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with Staging() as staged:
-        tmp = staged.path(folder, folder=True)
+def qc_outputs(page: str, files: dict) -> dict:
+    """The QC folder and page as outputs of a save (`lnrt.outputs.Output`), written all-or-nothing with
+    the other files."""
+    from .outputs import Output
+
+    def folder(tmp: Path) -> None:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        staged.path(html_path).write_text(page, encoding="utf-8")
-        staged.commit()
-    return {"qc_html": html_path, "qc_dir": folder}
+
+    return {"qc_dir": Output(folder, folder=True),
+            "qc_html": Output(lambda p: p.write_text(page, encoding="utf-8"))}

@@ -27,10 +27,9 @@ from .backends import REGISTRY, available, choose
 from .config import RunConfig
 from .device import CPU
 from .errors import LnrtError
-from .imageio import ScanInfo, read_labels, read_scan, stem_of, to_sitk
+from .imageio import ScanHeader, ScanInfo, probe_scan, read_labels, read_scan, stem_of, to_sitk
 from .nodes import Frame, check_connectivity, component_stats, index_map, label_components, measure_nodes
-from .atomic import write_text
-from .outputs import SCHEMA, OutputPlan, write_outputs
+from .outputs import SCHEMA, Output, OutputPlan, contract_outputs, write_image_file, write_outputs
 from .outputs import plan as plan_outputs
 from .package import ModelPackage
 from .pipeline import Prepared, Progress, Scan, number_nodes, orientation, prepare_volume, run_stages, settings
@@ -109,26 +108,20 @@ class Result:
                     log.warning("%s", msg)
                 todo = todo.without("dicom_seg", "dicom_sr")
         report = self.report()
-        qc_page = None
-        if qc:
-            from .qc import render_qc
-            qc_page = render_qc(self.geometry, self.labels, report)
         image = self.label_image()
-        paths = write_outputs(todo, image, report)
-        out = Path(out_dir)
+        outputs = contract_outputs(image, report)
         if viewer:
-            from .imageio import write_image
             from .viewer import itksnap_labels, slicer_segmentation
-            paths["viewer_nrrd"] = out / f"{self.info.stem}.nodes.seg.nrrd"
-            write_image(slicer_segmentation(image, self.nodes), paths["viewer_nrrd"])
-            paths["viewer_labels"] = out / f"{self.info.stem}.nodes.label.txt"
-            write_text(paths["viewer_labels"], itksnap_labels(self.nodes))
-        if qc_page:
-            from .qc import write_qc
-            paths.update(write_qc(out, self.info.stem, *qc_page))
+            nrrd = slicer_segmentation(image, self.nodes)
+            outputs["viewer_nrrd"] = Output(lambda p: write_image_file(nrrd, p))
+            outputs["viewer_labels"] = Output(lambda p: p.write_text(itksnap_labels(self.nodes), encoding="utf-8"))
+        if qc:
+            from .qc import qc_outputs, render_qc
+            outputs.update(qc_outputs(*render_qc(self.geometry, self.labels, report)))
         if datasets:
-            from .dicom_out import write_datasets
-            paths.update(write_datasets(out, self.info.stem, datasets))
+            from .dicom_out import dicom_outputs
+            outputs.update(dicom_outputs(datasets))
+        paths = write_outputs(todo, outputs)
         self.timings["write"] = time.perf_counter() - t0
         return paths
 
@@ -151,6 +144,9 @@ class Session:
         # The stages run on the CPU until their device twins exist (the GPU path's issue): a GPU backend
         # then takes and returns host arrays, and ONNX Runtime moves each batch to the GPU and back.
         self.device = CPU
+        # verified now, whether the package was loaded here or handed in: a file swapped since
+        # ModelPackage.load is refused, and the report carries the sha256 of what the backend reads
+        self.model_sha256 = self.package.verify_model(file_variant)
         self.backend = REGISTRY[name].factory(self.package.onnx_path(file_variant), threads=threads,
                                               precision=precision, package=self.package, variant=file_variant)
         self.config = RunConfig.from_package(self.package, batch_size, mirror_axes, overlap, min_volume_mm3,
@@ -198,21 +194,26 @@ class Session:
         info = self.package.summary("fp32" if self.variant == "bf16" else self.variant)
         info["variant"] = self.variant
         info["classes"] = self.package.classes
+        info["sha256"] = self.model_sha256  # computed when the session verified the file
+        info["package_sha256"] = self.package.package_sha256
         info.update(self.backend.describe())
         return info
 
-    def estimate_memory_gb(self, shape_zyx: tuple, spacing_zyx) -> float:
-        """Upper estimate of a run's peak memory: native copies plus the model-grid buffers."""
+    def estimate_memory_gb(self, shape_zyx: tuple, spacing_zyx, itemsize: int = 2) -> float:
+        """Upper estimate of a run's peak memory: the decoded scan (`itemsize` bytes a voxel, from the
+        header), 20 bytes a native voxel of working copies, plus the model-grid buffers."""
         native = float(np.prod(shape_zyx))
         ratio = float(np.prod(np.asarray(spacing_zyx) / np.asarray(self.package.spacing_zyx)))
         k = len(self.package.classes)
-        return (22.0 * native + (12.0 + 8.0 * k) * native * ratio) / 1e9 + 0.3
+        return ((20.0 + itemsize) * native + (12.0 + 8.0 * k) * native * ratio) / 1e9 + 0.3
 
-    def check_memory(self, vol: Volume, source: str) -> None:
-        need = self.estimate_memory_gb(vol.shape, vol.spacing_zyx)
+    def check_memory(self, shape_zyx: tuple, spacing_zyx, source: str, itemsize: int = 2) -> None:
+        """Refuse a scan whose estimated peak memory is above the limit (from its header's size, spacing
+        and voxel type, before any voxel is decoded)."""
+        need = self.estimate_memory_gb(shape_zyx, spacing_zyx, itemsize)
         if need > self.memory_limit_gb:
             raise LnrtError(
-                f"{source}: volume {'x'.join(map(str, vol.shape[::-1]))} needs about {need:.1f} GB, above "
+                f"{source}: volume {'x'.join(map(str, tuple(shape_zyx)[::-1]))} needs about {need:.1f} GB, above "
                 f"the {self.memory_limit_gb:.1f} GB limit; expected a smaller volume or a higher "
                 "memory limit (--max-memory-gb)"
             )
@@ -222,12 +223,17 @@ class Session:
         the body's box and normalized (what the sliding window sees), with the body mask."""
         return prepare_volume(vol, orient or Orientation.of(vol.direction, "<scan>"), self.config)
 
-    def run(self, scan: str | os.PathLike | Volume, series_uid: str | None = None,
+    def run(self, scan: str | os.PathLike | Volume | ScanHeader, series_uid: str | None = None,
             progress: Progress | None = None, check_hu: bool = True) -> Result:
         t0 = self.device.clock()
-        vol, info = _read(scan, series_uid, check_hu)
+        if isinstance(scan, Volume):
+            self.check_memory(scan.shape, scan.spacing_zyx, "<memory>", scan.array.itemsize)
+            vol, info = scan, ScanInfo(path="<memory>", kind="array", stem="scan")
+        else:  # the headers first: a scan too large for this machine is refused before it is decoded
+            header = scan if isinstance(scan, ScanHeader) else probe_scan(scan, series_uid)
+            self.check_memory(header.shape_zyx, header.spacing_zyx, str(header.path), header.itemsize)
+            vol, info = read_scan(header, check_hu=check_hu)
         timings = {"read": self.device.clock() - t0}
-        self.check_memory(vol, info.path)
         warnings: list = []
         ctx = Scan(vol, info, self.config, orientation(vol, info.path, warnings), self.backend, progress,
                    self._cpu_fallback if self.backend_device != "cpu" else None, warnings, timings)
@@ -240,6 +246,7 @@ class Session:
         """The CPU backend a scan falls back to when the GPU runs out of memory (made once, kept)."""
         if self._fallback is None:
             name, _ = choose(self._gated_backend(self._file_variant, "auto"), "cpu", "f32")
+            self.package.verify_model(self._file_variant)  # the file read now is the one verified
             self._fallback = REGISTRY[name].factory(self.package.onnx_path(self._file_variant), threads=self._threads)
         return self._fallback
 
@@ -253,12 +260,6 @@ class Session:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _read(scan, series_uid: str | None, check_hu: bool) -> tuple:
-    if isinstance(scan, Volume):
-        return scan, ScanInfo(path="<memory>", kind="array", stem="scan")
-    return read_scan(scan, series_uid=series_uid, check_hu=check_hu)
 
 
 def measure(labels: str | os.PathLike | Volume, image: str | os.PathLike | Volume | None = None,
@@ -316,7 +317,7 @@ def _read_labels(labels, image) -> tuple:
         img = image if isinstance(image, Volume) else read_scan(image)[0]
         if not img.same_geometry(lab):
             raise LnrtError(
-                f"{getattr(image, '__fspath__', lambda: 'image')()}: geometry (size "
+                f"{'the image' if isinstance(image, Volume) else image}: geometry (size "
                 f"{img.shape[::-1]}, spacing {tuple(round(s, 4) for s in img.spacing)}) differs "
                 f"from the labels' ({lab.shape[::-1]}, {tuple(round(s, 4) for s in lab.spacing)}); "
                 "expected the CT the labels were drawn on"
