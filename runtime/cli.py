@@ -63,9 +63,10 @@ def _finish(result, out, overwrite: bool, as_json: bool, quiet: bool, save: dict
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lnrt")
 @click.option("-v", "--verbose", is_flag=True, help="Log backend choices and fallbacks.")
-def cli(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (and debug logs).")
+def cli(verbose: bool, debug: bool) -> None:
     """lnrt: find and measure lymph nodes in head-and-neck CT."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="lnrt: %(message)s", stream=sys.stderr)
 
 
@@ -124,7 +125,9 @@ def _flags(save: dict) -> tuple:
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Tiles per network call.")
 @click.option("--tta/--no-tta", default=None, help="Mirroring test-time augmentation (default: model's).")
-@click.option("--series", "series_uid", default=None, help="DICOM SeriesInstanceUID to use from a folder.")
+@click.option("--series", "series_uid", default=None,
+              help="DICOM SeriesInstanceUID to use from a folder (UID:axial, UID:coronal, ... when one series "
+                   "mixes orientations; the error lists the choices).")
 @click.option("--max-memory-gb", type=click.FloatRange(0.1), default=None,
               help="Refuse volumes whose estimated peak memory is above this (default: 80% of RAM).")
 @click.option("--no-hu-check", is_flag=True, help="Skip the check that the scan is CT in HU.")
@@ -136,19 +139,18 @@ def _flags(save: dict) -> tuple:
 def infer(scan, model, backend, device, variant, threads, batch_size, tta, series_uid, max_memory_gb,
           no_hu_check, all_regions, min_short_axis_px, out, overwrite, quiet, as_json, **kw):
     """Segment and measure the lymph nodes of SCAN (an image file or a DICOM folder)."""
-    from pathlib import Path
-
-    from .imageio import stem_of
+    from .imageio import probe_scan, stem_of
     from .outputs import plan
     from .session import Session
 
     save = _save_options(kw)
-    plan(out, stem_of(scan), overwrite, (scan,), Path(scan).is_dir(), *_flags(save))
+    header = probe_scan(scan, series_uid)  # every check the headers allow, before the model is loaded
+    plan(out, stem_of(scan), overwrite, (scan,), header.kind == "dicom", *_flags(save), has_uids=header.has_uids)
     mirror = None if tta is None else ((0, 1, 2) if tta else ())
     with Session(model, backend=backend, device=device, variant=variant, threads=threads,
                  batch_size=batch_size, mirror_axes=mirror, memory_limit_gb=max_memory_gb,
                  neck_region=not all_regions, min_short_axis_px=min_short_axis_px) as session:
-        result = session.run(scan, series_uid=series_uid, check_hu=not no_hu_check,
+        result = session.run(header, check_hu=not no_hu_check,
                              progress=Progress(not (quiet or as_json)))
     _finish(result, out, overwrite, as_json, quiet, save)
 
@@ -336,6 +338,33 @@ def export_variants(package, calibration, variants, calib, keep, force, threads)
     _report_variants(package)
 
 
+@cli.group("package")
+def package_group():
+    """Check or seal a model package (its manifest's hash, lnrt.json.sha256)."""
+
+
+@package_group.command("check")
+@click.argument("folder", type=click.Path())
+@click.option("--expect-sha256", default=None, help="Refuse unless the package's sha256 is this (a pin).")
+def package_check(folder, expect_sha256):
+    """Verify FOLDER (seal, schema, every file's size and sha256); print the package's sha256."""
+    from .package import MANIFEST, ModelPackage
+
+    pkg = ModelPackage.load(folder, expect_sha256=expect_sha256)
+    click.echo(f"{pkg.package_sha256}  {pkg.path / MANIFEST}")
+
+
+@package_group.command("seal")
+@click.argument("folder", type=click.Path())
+def package_seal(folder):
+    """Seal FOLDER's lnrt.json after an edit made on purpose (every listed file is verified first)."""
+    from pathlib import Path
+
+    from .package import MANIFEST, seal
+
+    click.echo(f"{seal(folder)}  {Path(folder) / MANIFEST}")
+
+
 @cli.command("build-engine")
 @click.argument("package", type=click.Path(), required=False)
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
@@ -407,18 +436,69 @@ def bench(args, synthetic, model, backend, variant, repeat, warmup, threads, bat
     click.echo(json.dumps(result, indent=2) if as_json else b.format_result(result))
 
 
-def main(argv=None) -> int:
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    """A bug, not a user error: one line and where the traceback is (`--debug` prints it instead)."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if debug:
+        click.echo(text.rstrip(), err=True)
+        return 1
+    where = "(the traceback could not be saved)"
     try:
-        cli.main(args=argv, prog_name="lnrt", standalone_mode=False)
+        fd, path = tempfile.mkstemp(prefix="lnrt-traceback-", suffix=".txt")
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        where = f"traceback in {path}"
+    except OSError:
+        pass
+    click.echo(f"lnrt: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} ({where}; rerun with "
+               "--debug to print it, and please report it)", err=True)
+    return 1
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt("terminated")
+
+
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (a service manager stopping lnrt, `kill`) cleans up like Ctrl-C: staged outputs are
+    removed instead of the process dying with them on the disk."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def main(argv=None) -> int:
+    """Run the CLI: 0 on success, 2 for a user error (one line on stderr), 130 when interrupted, 1 for
+    an internal error (one line and the traceback's file)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _terminate_like_interrupt()
+    debug = "--debug" in args[: next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))]
+    try:
+        cli.main(args=[str(a) for a in args], prog_name="lnrt", standalone_mode=False)
     except LnrtError as exc:
         click.echo(f"lnrt: error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("lnrt: aborted", err=True)
         return 130
-    except click.ClickException as exc:
-        exc.show()
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "lnrt"
+        click.echo(f"lnrt: error: {_one_line(exc.format_message())} (see {command} --help)", err=True)
         return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"lnrt: error: {_one_line(exc.format_message())}", err=True)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 (the last line of defence: a bug prints one line, not a trace)
+        return _internal_error(exc, debug)
     return 0
 
 
