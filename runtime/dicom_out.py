@@ -12,7 +12,18 @@ tracking identifier and tracking UID (the same as its SEG segment's), a referenc
 finding type "Lymph node", and the measurements SCT 103339001 "Long axis" and SCT 103340004 "Short
 axis" (mm) and SCT 118565006 "Volume" (mm3), plus the RECIST 1.1 category as a qualitative evaluation.
 The category has no standard code we know of, so it uses the private scheme 99LNRT (codes in
-`RECIST_CODES`), as DICOM allows for local concepts.
+`RECIST_CODES`), as DICOM allows for local concepts. The long and short axis measurements reference the
+source image they were measured on (a Source of Measurement, INFERRED FROM the SOP Instance of the
+node's `sop_instance_uid`), so that a viewer opens the right slice.
+
+No node reported: the SEG is not written (a Segmentation cannot hold zero segments), and the SR still is,
+so that a PACS can tell "analysed, no lymph node" from "not analysed": one TID 1501 measurement group
+(tracking identifier "no lymph node detected"), finding type SCT 59441001 "Lymph node", the algorithm
+identified (TID 4019, as in the SEG), the series' images as its source images, and two qualitative
+evaluations (`NEGATIVE_EVALUATIONS`): SCT 59441001 "Lymph node" = SCT 272519000 "Absent" (CID 240
+"Present-Absent"), and DCM 111017 "CAD Processing and Findings Summary" = DCM 111241 "All algorithms
+succeeded; without findings" (CID 6047, the CAD templates' statement that the analysis ran and found
+nothing). The source series is the SR's evidence, as for a positive report.
 """
 from __future__ import annotations
 
@@ -27,6 +38,11 @@ from .optional import require
 
 RECIST_SCHEME = "99LNRT"
 RECIST_CONCEPT = ("LNRT-1", "RECIST 1.1 lymph node category")
+NO_SEGMENTS = "no lymph node was reported, and a DICOM SEG cannot hold zero segments"
+# (concept name, value) of the negative report's qualitative evaluations, as (scheme, code, meaning)
+NEGATIVE_EVALUATIONS = ((("SCT", "59441001", "Lymph node"), ("SCT", "272519000", "Absent")),
+                        (("DCM", "111017", "CAD Processing and Findings Summary"),
+                         ("DCM", "111241", "All algorithms succeeded; without findings")))
 RECIST_CODES = {"normal": ("LNRT-N", "Normal lymph node (short axis < 10 mm)"),
                 "pathological": ("LNRT-P", "Pathological lymph node (short axis 10 to < 15 mm)"),
                 "enlarged": ("LNRT-E", "Enlarged lymph node (short axis >= 15 mm)")}
@@ -50,7 +66,17 @@ def _source_datasets(files: list, source: str) -> list:
     if not files:
         raise LnrtError(f"{source}: DICOM SEG and SR need a DICOM series as input; expected a DICOM folder")
     _, pydicom, _ = _hd()
-    return [pydicom.dcmread(f) for f in files]
+    out = [pydicom.dcmread(f) for f in files]
+    for ds in out:  # Type 2 in a SEG and an SR (present, may be empty), which highdicom copies from the source
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    return out
+
+
+# the patient and study attributes highdicom copies from the source images into a SEG or an SR
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
 
 def _fix_spacing_sign(ds) -> None:
@@ -61,13 +87,19 @@ def _fix_spacing_sign(ds) -> None:
             el.value = abs(float(el.value))
 
 
+def _algorithm(model: dict) -> tuple:
+    """(name, version) of the algorithm, as the SEG and SR identify it."""
+    return (f"lnrt/{model.get('name', 'model')}",
+            f"lnrt {__version__}; model {model.get('version', '?')} {model.get('variant', '')}".strip())
+
+
 def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equipment: Equipment,
               per: str = "node", classes: list | None = None):
     """The SEG dataset and {node id: (segment number, tracking uid)}."""
     hd, _, codes = _hd()
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"lnrt/{model.get('name', 'model')}", family=codes.cid7162.ArtificialIntelligence,
-        version=f"lnrt {__version__}; model {model.get('version', '?')} {model.get('variant', '')}".strip())
+    name, version = _algorithm(model)
+    algorithm = hd.AlgorithmIdentificationSequence(name=name, family=codes.cid7162.ArtificialIntelligence,
+                                                   version=version)
     category, node_type = codes.cid7150.AnatomicalStructure, codes.SCT.LymphNode
     segments, mapping = [], {}
     if per == "node":
@@ -113,49 +145,89 @@ def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equip
     return seg, mapping
 
 
-def build_sr(sources: list, seg, mapping: dict, nodes: list, equipment: Equipment):
+def _code(hd, triple):
+    scheme, value, meaning = triple
+    return hd.sr.CodedConcept(value, scheme, meaning)
+
+
+def _axis_images(hd, sources_by_uid: dict, node: dict) -> list | None:
+    """The Source of Measurement of a node's axes: the instance of its measured slice (None if unknown)."""
+    ds = sources_by_uid.get(node.get("sop_instance_uid"))
+    if ds is None:
+        return None
+    return [hd.sr.SourceImageForMeasurement(ds.SOPClassUID, ds.SOPInstanceUID)]
+
+
+def _node_group(hd, codes, node: dict, number: int, uid, seg, source_series, sources_by_uid: dict):
+    """One node's TID 1411 volumetric group: its segment, axes (referencing their image), volume, RECIST."""
+    concept = hd.sr.CodedConcept(RECIST_CONCEPT[0], RECIST_SCHEME, RECIST_CONCEPT[1])
+    code, meaning = RECIST_CODES[node["recist"]]
+    images = _axis_images(hd, sources_by_uid, node)
+    mm = codes.UCUM.Millimeter
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid or hd.UID(), identifier=f"node {node['id']}"),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+            source_series=source_series),
+        finding_type=codes.SCT.LymphNode,
+        measurements=[
+            hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(node["long_axis_mm"]), unit=mm,
+                              referenced_images=images),
+            hd.sr.Measurement(name=codes.SCT.ShortAxis, value=float(node["short_axis_mm"]), unit=mm,
+                              referenced_images=images),
+            hd.sr.Measurement(name=codes.SCT.Volume, value=float(node["volume_mm3"]), unit=codes.UCUM.CubicMillimeter),
+        ],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=concept, value=hd.sr.CodedConcept(code, RECIST_SCHEME, meaning))])
+
+
+def _negative_group(hd, codes, sources: list, model: dict):
+    """The TID 1501 group of a report without nodes: no lymph node detected (see the module's text)."""
+    name, version = _algorithm(model)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="no lymph node detected"),
+        finding_type=codes.SCT.LymphNode,
+        algorithm_id=hd.sr.AlgorithmIdentification(name=name, version=version),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=_code(hd, n), value=_code(hd, v))
+                                 for n, v in NEGATIVE_EVALUATIONS],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in sources])
+
+
+def build_sr(sources: list, seg, mapping: dict, nodes: list, equipment: Equipment, model: dict | None = None):
+    """The TID 1500 report: one group per node (`seg` and `mapping` from `build_seg`), or, without nodes
+    (`seg` None), the negative group that says no lymph node was detected."""
     hd, pydicom, codes = _hd()
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=hd.UID(), name="lnrt", manufacturer_name=equipment.manufacturer, model_name=equipment.model_name,
             serial_number=equipment.serial_number))
-    concept = hd.sr.CodedConcept(RECIST_CONCEPT[0], RECIST_SCHEME, RECIST_CONCEPT[1])
-    source_series = hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)
-    groups = []
-    for n in sorted(nodes, key=lambda n: n["id"]):
-        number, uid = mapping[n["id"]]
-        code, meaning = RECIST_CODES[n["recist"]]
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid or hd.UID(), identifier=f"node {n['id']}"),
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
-                source_series=source_series),
-            finding_type=codes.SCT.LymphNode,
-            measurements=[
-                hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(n["long_axis_mm"]), unit=codes.UCUM.Millimeter),
-                hd.sr.Measurement(name=codes.SCT.ShortAxis, value=float(n["short_axis_mm"]), unit=codes.UCUM.Millimeter),
-                hd.sr.Measurement(name=codes.SCT.Volume, value=float(n["volume_mm3"]), unit=codes.UCUM.CubicMillimeter),
-            ],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-                name=concept, value=hd.sr.CodedConcept(code, RECIST_SCHEME, meaning))]))
+    if nodes:
+        source_series = hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)
+        by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+        groups = [_node_group(hd, codes, n, *mapping[n["id"]], seg, source_series, by_uid)
+                  for n in sorted(nodes, key=lambda n: n["id"])]
+    else:
+        groups = [_negative_group(hd, codes, sources, model or {})]
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg, *sources], content=report, series_instance_uid=hd.UID(), series_number=902,
+        evidence=[seg, *sources] if seg is not None else list(sources), content=report,
+        series_instance_uid=hd.UID(), series_number=902,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=equipment.manufacturer,
         institution_name=equipment.institution, is_complete=True, is_final=False, is_verified=False)
-    sr.SeriesDescription = "lnrt lymph node measurements"
-    scheme = pydicom.Dataset()
-    scheme.CodingSchemeDesignator = RECIST_SCHEME
-    scheme.CodingSchemeName = "lnrt local codes (RECIST 1.1 lymph node categories)"
-    scheme.CodingSchemeResponsibleOrganization = "lnrt"
-    sr.CodingSchemeIdentificationSequence = [scheme]
+    sr.SeriesDescription = "lnrt lymph node measurements" if nodes else "lnrt lymph nodes: none detected"
+    if nodes:  # the private RECIST codes are used only in a report with nodes
+        scheme = pydicom.Dataset()
+        scheme.CodingSchemeDesignator = RECIST_SCHEME
+        scheme.CodingSchemeName = "lnrt local codes (RECIST 1.1 lymph node categories)"
+        scheme.CodingSchemeResponsibleOrganization = "lnrt"
+        sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
 
 
-REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 
 
 def check_sources(files: list, source: str) -> None:
@@ -172,17 +244,20 @@ def check_sources(files: list, source: str) -> None:
 
 def build_dicom(files: list, source: str, labels: np.ndarray, nodes: list, model: dict, sr: bool,
                 per: str = "node", classes: list | None = None, equipment: Equipment = Equipment()) -> dict:
-    """{"dicom_seg": dataset, "dicom_sr": dataset} in memory (empty when there are no nodes)."""
+    """{"dicom_seg": dataset, "dicom_sr": dataset} in memory. Without nodes there is no SEG (NO_SEGMENTS):
+    only the negative SR when `sr`, else nothing."""
     if sr and per != "node":
         raise LnrtError("a DICOM SR needs one SEG segment per node; use --seg-segments node with --dicom-sr")
     check_sources(files, source)
-    if not nodes:
-        return {}  # nothing to encode: a SEG needs at least one segment
+    if not nodes and not sr:
+        return {}  # nothing to encode: a SEG needs at least one segment (NO_SEGMENTS)
     sources = _source_datasets(files, source)
+    if not nodes:  # the SR alone, saying that no lymph node was detected
+        return {"dicom_sr": build_sr(sources, None, {}, [], equipment, model)}
     seg_ds, mapping = build_seg(sources, labels, nodes, model, equipment, per, classes)
     out = {"dicom_seg": seg_ds}
     if sr:
-        out["dicom_sr"] = build_sr(sources, seg_ds, mapping, nodes, equipment)
+        out["dicom_sr"] = build_sr(sources, seg_ds, mapping, nodes, equipment, model)
     return out
 
 

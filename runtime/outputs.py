@@ -28,6 +28,7 @@ CSV_COLUMNS = [
     "id", "class", "volume_mm3", "voxels", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
     "long_axis_mm", "short_axis_mm", "axis_slice", "max_diameter_3d_mm", "mean_hu", "probability",
     "recist", "bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1",
+    "slice_position_mm", "instance_number", "sop_instance_uid", "side",  # lnrt.references
 ]
 
 
@@ -105,7 +106,8 @@ def check_writable(out_dir: str | os.PathLike, stem: str, overwrite: bool,
         if p.resolve() in resolved_inputs:
             raise LnrtError(f"{p}: output would replace an input; choose another --out folder")
         if p.exists() and not overwrite:
-            raise LnrtError(f"{p}: already exists; pass --overwrite to replace it")
+            raise LnrtError(f"{p}: already exists; expected a new output name (--overwrite on the command "
+                            "line, overwrite=True in Python, replaces it)")
     _probe_write(base, d)
     return paths
 
@@ -173,7 +175,9 @@ def nodes_csv(nodes: list) -> str:
         w.writerow([n["id"], n["class"], n["volume_mm3"], n["voxels"], c[0], c[1], c[2],
                     n["long_axis_mm"], n["short_axis_mm"], n["axis_slice"], n["max_diameter_3d_mm"],
                     "" if n["mean_hu"] is None else n["mean_hu"],
-                    "" if n["probability"] is None else n["probability"], n["recist"], *b])
+                    "" if n["probability"] is None else n["probability"], n["recist"], *b,
+                    *("" if n.get(k) is None else n[k]
+                      for k in ("slice_position_mm", "instance_number", "sop_instance_uid", "side"))])
     return buf.getvalue()
 
 

@@ -122,7 +122,7 @@ def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig) -> Prepared
 def prepare(scan: Scan, dev: Device) -> None:
     scan.prep = prepare_volume(scan.vol, scan.orient, scan.config)
     if scan.prep.box is None:
-        scan.warnings.append(f"{scan.source}: no body found above {scan.config.body.threshold_hu:g} HU; no nodes")
+        scan.warn(f"{scan.source}: no body found above {scan.config.body.threshold_hu:g} HU; no nodes")
 
 
 # -- window ----------------------------------------------------------------------------------------
@@ -306,9 +306,9 @@ def rules(scan: Scan, dev: Device) -> None:
     scan.ids = ids[~outside]
     if not region.found:
         lo, hi = cfg.neck.width_mm
-        scan.warnings.append(f"{scan.source}: no neck-sized body section (left-right width {lo:g}-{hi:g} mm) in "
-                             f"this scan; the model is for the neck, so no nodes are reported "
-                             f"({int(outside.sum())} found; --all-regions reports them)")
+        scan.warn(f"{scan.source}: no neck-sized body section (left-right width {lo:g}-{hi:g} mm) in "
+                  f"this scan; the model is for the neck, so no nodes are reported "
+                  f"({int(outside.sum())} found; --all-regions reports them)")
 
 
 # -- measure and output ----------------------------------------------------------------------------
@@ -368,6 +368,8 @@ STAGES = (Stage("preprocess", prepare), Stage("window", window), Stage("postproc
 
 def run_stages(scan: Scan, dev: Device, stages=STAGES) -> Scan:
     for stage in stages:
+        if scan.progress and stage.name != "window":  # the window reports its tiles itself
+            scan.progress(stage.name, 0, 0)
         t0 = dev.clock()
         stage.run(scan, dev)
         if stage.name != "window":

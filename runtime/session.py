@@ -33,6 +33,7 @@ from .outputs import SCHEMA, Output, OutputPlan, contract_outputs, write_image_f
 from .outputs import plan as plan_outputs
 from .package import ModelPackage
 from .pipeline import Prepared, Progress, Scan, number_nodes, orientation, prepare_volume, run_stages, settings
+from .references import node_references
 from .volume import Orientation, Volume, voxel_volume_mm3
 
 log = logging.getLogger("lnrt")
@@ -57,6 +58,12 @@ class Result:
     model: dict | None = None
     settings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return (f"Result({self.info.path}: {len(self.nodes)} node{'s' * (len(self.nodes) != 1)}, "
+                f"{'x'.join(map(str, g.shape[::-1]))} voxels, {self.timings.get('total', 0.0):.2f} s, "
+                f"{len(self.warnings)} warning{'s' * (len(self.warnings) != 1)})")
 
     def label_image(self) -> sitk.Image:
         return to_sitk(self.geometry, self.labels)
@@ -89,12 +96,22 @@ class Result:
 
         Everything that can fail (DICOM datasets, QC pictures) is built in memory first: a failure
         leaves no file behind. A DICOM SEG that is only automatic (DICOM input, no `dicom_seg=True`)
-        is skipped with a warning when the series cannot be referenced (no UIDs)."""
+        is skipped with a warning when the series cannot be referenced (no UIDs) or highdicom is missing.
+        Without nodes no SEG is written (it cannot hold zero segments); a requested SR still is, saying
+        that no lymph node was detected. Every planned output that is not written gets one warning: one
+        log line and the same text in `warnings` (and the report), once however often `save` runs."""
         t0 = time.perf_counter()
         todo = self.plan(out_dir, overwrite, viewer, qc, dicom_seg, dicom_sr)
         datasets = {}
+
+        def skipped(msg: str, *keys: str) -> OutputPlan:
+            if msg not in self.warnings:  # a second save must not repeat it
+                self.warnings.append(msg)
+                log.warning("%s", msg)
+            return todo.without(*keys)
+
         if "dicom_seg" in todo.extras:
-            from .dicom_out import Equipment, build_dicom
+            from .dicom_out import NO_SEGMENTS, Equipment, build_dicom
             try:
                 datasets = build_dicom(self.info.files, self.info.path, self.labels, self.nodes,
                                        self.model or {}, dicom_sr, seg_segments,
@@ -102,11 +119,11 @@ class Result:
             except LnrtError as exc:
                 if dicom_seg is not None or dicom_sr:
                     raise
-                msg = f"no DICOM SEG written: {exc}"
-                if msg not in self.warnings:  # a second save must not repeat it
-                    self.warnings.append(msg)
-                    log.warning("%s", msg)
-                todo = todo.without("dicom_seg", "dicom_sr")
+                todo = skipped(f"no DICOM SEG written: {exc}", "dicom_seg", "dicom_sr")
+            else:
+                if "dicom_seg" not in datasets:
+                    said = "; the DICOM SR says that no lymph node was detected" if "dicom_sr" in datasets else ""
+                    todo = skipped(f"{self.info.path}: no DICOM SEG written: {NO_SEGMENTS}{said}", "dicom_seg")
         report = self.report()
         image = self.label_image()
         outputs = contract_outputs(image, report)
@@ -226,6 +243,8 @@ class Session:
     def run(self, scan: str | os.PathLike | Volume | ScanHeader, series_uid: str | None = None,
             progress: Progress | None = None, check_hu: bool = True) -> Result:
         t0 = self.device.clock()
+        if progress:
+            progress("read", 0, 0)
         if isinstance(scan, Volume):
             self.check_memory(scan.shape, scan.spacing_zyx, "<memory>", scan.array.itemsize)
             vol, info = scan, ScanInfo(path="<memory>", kind="array", stem="scan")
@@ -239,7 +258,8 @@ class Session:
                    self._cpu_fallback if self.backend_device != "cpu" else None, warnings, timings)
         run_stages(ctx, self.device)
         timings["total"] = sum(timings.values())
-        return Result(labels=ctx.output, geometry=vol, nodes=ctx.nodes, timings=timings, info=info,
+        nodes = node_references(ctx.nodes, vol, ctx.orient, vol.array, info.files if info.kind == "dicom" else ())
+        return Result(labels=ctx.output, geometry=vol, nodes=nodes, timings=timings, info=info,
                       model=self.model_info(), settings=settings(ctx), warnings=warnings)
 
     def _cpu_fallback(self):
@@ -301,8 +321,16 @@ def measure(labels: str | os.PathLike | Volume, image: str | os.PathLike | Volum
     timings["total"] = sum(timings.values())
     settings = {"connectivity": connectivity, "min_volume_mm3": min_volume_mm3,
                 "labels": "components of a binary mask" if top <= 1 else "instance ids kept"}
+    nodes = node_references(nodes, lab, orient, None if img is None else img.array)
     return Result(labels=out, geometry=lab if img is None else img, nodes=nodes, timings=timings, info=info,
                   model=None, settings=settings, warnings=warnings)
+
+
+def measure_stem(labels: str | os.PathLike) -> str:
+    """The outputs' stem for measuring a label file: its stem, less lnrt's own `.nodes` (measuring
+    `scan.nodes.nii.gz` writes `scan.report.json`, not `scan.nodes.report.json`)."""
+    stem = stem_of(labels)
+    return stem[: -len(".nodes")] if stem.endswith(".nodes") and len(stem) > len(".nodes") else stem
 
 
 def _read_labels(labels, image) -> tuple:
@@ -311,7 +339,7 @@ def _read_labels(labels, image) -> tuple:
         lab, info = labels, ScanInfo(path="<memory>", kind="array", stem="labels")
     else:
         lab = read_labels(labels)
-        info = ScanInfo(path=str(labels), kind="labels", stem=stem_of(labels))
+        info = ScanInfo(path=str(labels), kind="labels", stem=measure_stem(labels))
     img = None
     if image is not None:
         img = image if isinstance(image, Volume) else read_scan(image)[0]

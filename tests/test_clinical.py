@@ -174,3 +174,155 @@ def test_thorax_series_with_an_rtstruct_gives_valid_seg_and_sr(shared_data, sess
         for key in ("dicom_seg", "dicom_sr"):
             out = subprocess.run(["dciodvfy", str(paths[key])], capture_output=True, text=True)
             assert not [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
+
+
+# -- references, negative results, no silent omissions -------------------------------------------------
+
+def _dciodvfy_errors(path) -> list:
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+
+
+def test_sr_axes_reference_the_image_they_were_measured_on(dicom_run):
+    hd, res, paths = dicom_run
+    from pydicom.sr.codedict import codes
+
+    sr = hd.sr.srread(str(paths["dicom_sr"]))
+    by_id = {f"node {n['id']}": n for n in res.nodes}
+    for g in sr.content.get_volumetric_roi_measurement_groups():
+        node = by_id[g.tracking_identifier]
+        for name in (codes.SCT.LongAxis, codes.SCT.ShortAxis):
+            images = g.get_measurements(name=name)[0].referenced_images
+            assert [i.referenced_sop_instance_uid for i in images] == [node["sop_instance_uid"]]
+            assert images[0].referenced_sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    report = json.loads(paths["report"].read_text())
+    assert all(n["instance_number"] is not None for n in report["nodes"])
+
+
+def _air_series(folder):
+    """A DICOM series of air only (no body, so no node), with the UIDs a SEG/SR references."""
+    import sys
+    from pathlib import Path
+
+    import pydicom
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_dicom_series import write_series
+
+    _, files = write_series(folder, n=6)
+    frame = pydicom.uid.generate_uid()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PixelData = np.full((ds.Rows, ds.Columns), 24, np.int16).tobytes()  # -1000 HU
+        ds.FrameOfReferenceUID = frame
+        ds.save_as(f)
+    return files
+
+
+@pytest.fixture
+def air_series(tmp_path):
+    pytest.importorskip("highdicom")
+    folder = tmp_path / "air"
+    return folder, _air_series(folder)
+
+
+def _lnrt_handler():
+    """The lnrt log on stderr, as the command line shows it (pytest's own handlers print nothing)."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("lnrt: %(message)s"))
+    logging.getLogger("lnrt").addHandler(handler)
+    return handler
+
+
+def test_zero_node_sr_says_no_lymph_node_and_passes_dciodvfy(session, air_series, tmp_path, capfd):
+    import logging
+
+    import pydicom
+
+    folder, files = air_series
+    res = session.run(folder)
+    assert res.nodes == []
+    handler = _lnrt_handler()
+    try:
+        paths = res.save(tmp_path / "out", dicom_sr=True)
+        res.save(tmp_path / "again", dicom_sr=True)  # a second save repeats nothing
+    finally:
+        logging.getLogger("lnrt").removeHandler(handler)
+    assert "dicom_sr" in paths and "dicom_seg" not in paths and not (tmp_path / "out" / "air.seg.dcm").exists()
+    err = capfd.readouterr().err
+    seg = [w for w in res.warnings if "no DICOM SEG written" in w]
+    assert len(seg) == 1 and "cannot hold zero segments" in seg[0] and "no lymph node was detected" in seg[0]
+    assert err.count(seg[0]) == 1, err
+    assert json.loads(paths["report"].read_text())["warnings"].count(seg[0]) == 1
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(paths["dicom_sr"]) == []
+    sr = pydicom.dcmread(paths["dicom_sr"])
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+
+    def items(seq):
+        for it in seq:
+            yield it
+            yield from items(it.get("ContentSequence", []))
+
+    content = list(items(sr.ContentSequence))
+    codes_of = {(it.ConceptNameCodeSequence[0].CodeValue, it.ConceptCodeSequence[0].CodeValue)
+                for it in content if it.ValueType == "CODE"}
+    assert ("59441001", "272519000") in codes_of  # Lymph node: Absent
+    assert ("111017", "111241") in codes_of  # CAD summary: all algorithms succeeded; without findings
+    assert ("121071", "59441001") in codes_of  # finding type: Lymph node
+    texts = {it.ConceptNameCodeSequence[0].CodeMeaning: it.TextValue for it in content if it.ValueType == "TEXT"}
+    assert texts["Algorithm Name"].startswith("lnrt/") and "lnrt" in texts["Algorithm Version"]
+    sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    evidence = {str(r.ReferencedSOPInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in s.ReferencedSeriesSequence for r in series.ReferencedSOPSequence}
+    assert evidence == sources
+    images = {str(it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for it in content if it.ValueType == "IMAGE"}
+    assert images == sources
+
+
+def test_automatic_seg_without_nodes_is_not_skipped_silently(session, air_series, tmp_path, capfd):
+    import logging
+
+    res = session.run(air_series[0])
+    handler = _lnrt_handler()
+    try:
+        paths = res.save(tmp_path)
+    finally:
+        logging.getLogger("lnrt").removeHandler(handler)
+    assert "dicom_seg" not in paths
+    msg = [w for w in res.warnings if "no DICOM SEG written" in w]
+    assert len(msg) == 1 and "cannot hold zero segments" in msg[0] and "SR" not in msg[0]
+    assert capfd.readouterr().err.count(msg[0]) == 1
+
+
+def test_seg_warning_without_highdicom_is_logged_once(shared_data, session, tmp_path, capfd, monkeypatch):
+    import logging
+    import sys
+
+    res = session.run(shared_data / "dicom" / "neckbase_philips_10slices")
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom now fails
+    handler = _lnrt_handler()
+    try:
+        paths = res.save(tmp_path / "a")
+        res.save(tmp_path / "b")
+    finally:
+        logging.getLogger("lnrt").removeHandler(handler)
+    assert "dicom_seg" not in paths
+    msg = [w for w in res.warnings if "no DICOM SEG written" in w]
+    assert len(msg) == 1 and "highdicom is not installed" in msg[0]
+    assert capfd.readouterr().err.count("no DICOM SEG written") == 1
+
+
+def test_cli_prints_the_seg_warning_once_without_highdicom(shared_data, placeholder_package, tmp_path, capfd):
+    import sys
+
+    code = ("import sys; sys.modules['highdicom'] = None\n"
+            "from lnrt.cli import main; sys.exit(main(sys.argv[1:]))")
+    rc = subprocess.run([sys.executable, "-c", code, "infer", str(shared_data / "dicom" / "neckbase_philips_10slices"),
+                         "--model", str(placeholder_package), "--out", str(tmp_path)]).returncode
+    err = capfd.readouterr().err
+    assert rc == 0 and not (tmp_path / "neckbase_philips_10slices.seg.dcm").exists()
+    assert err.count("no DICOM SEG written") == 1, err
