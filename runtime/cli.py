@@ -18,45 +18,112 @@ from .errors import LnrtError
 
 
 class Progress:
-    """Stage progress on stderr: a redrawn bar on a terminal, start and end lines otherwise."""
+    """Stage progress on stderr: every stage (reading, resampling, writing ...) with its time, the
+    network's tiles with the elapsed time and an estimate of the time left. On a terminal one redrawn
+    line; otherwise one line per finished stage (so a run refused while reading prints only its error)
+    and the network's start and end."""
 
-    def __init__(self, enabled: bool):
+    LABELS = {"read": "reading", "preprocess": "resampling to the model grid", "postprocess": "resampling back",
+              "components": "components", "rules": "rules", "measure": "measuring", "output": "label map",
+              "write": "writing outputs"}
+    active = None  # the drawn progress line, cleared before an error is printed
+
+    def __init__(self, enabled: bool, tty: bool | None = None):
         self.enabled = enabled
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() if tty is None else tty
         self.t0 = time.perf_counter()
+        self.stage_t0 = self.t0
+        self.pending = None  # a started stage whose line is printed when it ends (not a terminal)
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _end_pending(self) -> None:
+        if self.pending is not None:
+            click.echo(f"{self.pending}: {time.perf_counter() - self.stage_t0:.1f} s", err=True)
+            self.pending = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
+        if total == 0:  # a stage without steps, starting
+            if not self.tty:
+                self._end_pending()
+            self.stage_t0 = time.perf_counter()
+            label = self.LABELS.get(stage, stage)
+            if self.tty:
+                self._draw(f"{label} ({self._elapsed():.1f} s)")
+            else:
+                self.pending = label
+            return
+        if done == 0:
+            if not self.tty:
+                self._end_pending()
+            self.stage_t0 = time.perf_counter()
+        spent = time.perf_counter() - self.stage_t0
+        eta = f", about {spent / done * (total - done):.0f} s left" if 0 < done < total else ""
         if self.tty:
-            width = 30
-            fill = int(width * done / total) if total else width
-            click.echo(f"\r{stage:>10} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} tiles",
-                       err=True, nl=done >= total)
+            fill = int(30 * done / total)
+            self._draw(f"{stage:>10} [{'#' * fill}{'.' * (30 - fill)}] {done}/{total} tiles, "
+                       f"{self._elapsed():.1f} s{eta}")
         elif done == 0 or done >= total:
-            click.echo(f"{stage}: {done}/{total} tiles ({time.perf_counter() - self.t0:.1f} s)", err=True)
+            click.echo(f"{stage}: {done}/{total} tiles ({self._elapsed():.1f} s)", err=True)
+
+    def _draw(self, text: str) -> None:
+        click.echo(f"\r{text:<79}", err=True, nl=False)
+        Progress.active = self
+
+    def finish(self) -> None:
+        """The run's last line: the total time (a terminal's redrawn line ends here)."""
+        if not self.enabled:
+            return
+        if self.tty:
+            click.echo(f"\r{'done in ' + format(self._elapsed(), '.1f') + ' s':<79}", err=True)
+            Progress.active = None
+        else:
+            self._end_pending()
+            click.echo(f"done in {self._elapsed():.1f} s", err=True)
+
+    @classmethod
+    def clear(cls) -> None:
+        """Wipe a drawn progress line, so an error starts its own clean line."""
+        if cls.active is not None:
+            click.echo("\r" + " " * 79 + "\r", err=True, nl=False)
+            cls.active = None
 
 
 def _echo_table(nodes: list) -> None:
     if not nodes:
         click.echo("no nodes found")
         return
-    click.echo(f"{'id':>4} {'short mm':>9} {'long mm':>8} {'vol mm3':>9} {'slice':>6} {'recist':<12} centroid (x, y, z) mm")
+    # "image": the DICOM Instance Number a PACS shows (when the input has one), "slice": the array index,
+    # "at mm": the slice's position along its normal (lnrt.references)
+    images = any(n.get("instance_number") is not None for n in nodes)
+    head = f"{'image':>6} " if images else ""
+    click.echo(f"{'id':>4} {'short mm':>9} {'long mm':>8} {'vol mm3':>9} {head}{'slice':>6} {'at mm':>8} "
+               f"{'side':<8} {'recist':<12} centroid (x, y, z) mm")
+
+    def text(value, fmt=""):
+        return "-" if value is None else format(value, fmt)
+
     for n in sorted(nodes, key=lambda n: -n["short_axis_mm"]):
         c = ", ".join(f"{v:.1f}" for v in n["centroid_mm"])
+        image = f"{text(n.get('instance_number')):>6} " if images else ""
         click.echo(f"{n['id']:>4} {n['short_axis_mm']:>9.1f} {n['long_axis_mm']:>8.1f} "
-                   f"{n['volume_mm3']:>9.0f} {str(n['axis_slice']):>6} {n['recist']:<12} ({c})")
+                   f"{n['volume_mm3']:>9.0f} {image}{text(n['axis_slice']):>6} "
+                   f"{text(n.get('slice_position_mm'), '.1f'):>8} {text(n.get('side')):<8} {n['recist']:<12} ({c})")
 
 
-def _finish(result, out, overwrite: bool, as_json: bool, quiet: bool, save: dict) -> None:
+def _finish(result, out, overwrite: bool, as_json: bool, quiet: bool, save: dict,
+            progress: Progress | None = None) -> None:
+    progress = progress or Progress(False)
+    progress("write", 0, 0)
     paths = result.save(out, overwrite=overwrite, **save)
+    progress.finish()
     if as_json:
         click.echo(json.dumps(result.report(), indent=2))
         return
-    if not quiet:
-        for w in result.warnings:
-            click.echo(f"warning: {w}", err=True)
-    _echo_table(result.nodes)
+    _echo_table(result.nodes)  # the warnings were logged once, as they arose (and are in the report)
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -66,8 +133,51 @@ def _finish(result, out, overwrite: bool, as_json: bool, quiet: bool, save: dict
 @click.option("--debug", is_flag=True, help="Print the traceback of an internal error (and debug logs).")
 def cli(verbose: bool, debug: bool) -> None:
     """lnrt: find and measure lymph nodes in head-and-neck CT."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-                        format="lnrt: %(message)s", stream=sys.stderr)
+    _configure_logging(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+
+
+def _configure_logging(level: int | None) -> None:
+    """One stderr handler on the "lnrt" logger, replaced at every invocation (main() may run many times
+    in one process); other libraries' logging is left as it is."""
+    logger = logging.getLogger("lnrt")
+    for h in [h for h in logger.handlers if getattr(h, "lnrt_cli", False)]:
+        logger.removeHandler(h)
+    if level is None:
+        logger.setLevel(logging.NOTSET)
+        return
+    handler = _StderrHandler()
+    handler.lnrt_cli = True
+    handler.setFormatter(_LogFormat())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record arrives (not the stream of the moment the CLI
+    started: a caller or a test may have swapped it since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _LogFormat(logging.Formatter):
+    """`lnrt: warning: ...` for warnings, `lnrt: ...` for the rest: every warning is logged once, as it
+    arises, and the report's `warnings` holds the same text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "lnrt: warning: " if record.levelno == logging.WARNING else "lnrt: "
+        return prefix + record.getMessage()
+
+
+def _quiet_logs(quiet: bool) -> None:
+    """--quiet and --json: lnrt's warnings stay in the report (and --json's stdout), off stderr."""
+    if quiet:
+        logging.getLogger("lnrt").setLevel(logging.ERROR)
 
 
 out_option = click.option("--out", "out", type=click.Path(file_okay=False), default=".",
@@ -144,15 +254,16 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
     from .session import Session
 
     save = _save_options(kw)
+    _quiet_logs(quiet or as_json)
     header = probe_scan(scan, series_uid)  # every check the headers allow, before the model is loaded
     plan(out, stem_of(scan), overwrite, (scan,), header.kind == "dicom", *_flags(save), has_uids=header.has_uids)
     mirror = None if tta is None else ((0, 1, 2) if tta else ())
     with Session(model, backend=backend, device=device, variant=variant, threads=threads,
                  batch_size=batch_size, mirror_axes=mirror, memory_limit_gb=max_memory_gb,
                  neck_region=not all_regions, min_short_axis_px=min_short_axis_px) as session:
-        result = session.run(header, check_hu=not no_hu_check,
-                             progress=Progress(not (quiet or as_json)))
-    _finish(result, out, overwrite, as_json, quiet, save)
+        progress = Progress(not (quiet or as_json))
+        result = session.run(header, check_hu=not no_hu_check, progress=progress)
+    _finish(result, out, overwrite, as_json, quiet, save, progress)
 
 
 @cli.command()
@@ -166,17 +277,17 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
 @with_common
 def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, as_json, **kw):
     """Measure the nodes of an existing segmentation LABELS (instance ids or a binary mask)."""
-    from .imageio import stem_of
     from .outputs import plan
-    from .session import measure as run_measure
+    from .session import measure as run_measure, measure_stem
 
     save = _save_options(kw)
+    _quiet_logs(quiet or as_json)
     if save["dicom_seg"] or save["dicom_sr"]:
         raise LnrtError("lnrt measure writes no DICOM SEG or SR (it has no source series); use lnrt infer "
                         "on the DICOM folder")
     if save["qc"] and image is None:
         raise LnrtError("--qc needs the CT: give it with --image")
-    plan(out, stem_of(labels), overwrite, tuple(p for p in (labels, image) if p), False, *_flags(save))
+    plan(out, measure_stem(labels), overwrite, tuple(p for p in (labels, image) if p), False, *_flags(save))
     result = run_measure(labels, image=image, connectivity=int(connectivity),
                          min_volume_mm3=min_volume_mm3)
     _finish(result, out, overwrite, as_json, quiet, save)
@@ -483,11 +594,20 @@ def main(argv=None) -> int:
     _terminate_like_interrupt()
     debug = "--debug" in args[: next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))]
     try:
+        return _run(args, debug)
+    finally:
+        _configure_logging(None)  # the CLI's handler leaves with it (main() may run again in this process)
+
+
+def _run(args: list, debug: bool) -> int:
+    try:
         cli.main(args=[str(a) for a in args], prog_name="lnrt", standalone_mode=False)
     except LnrtError as exc:
+        Progress.clear()
         click.echo(f"lnrt: error: {exc}", err=True)
         return 2
     except (click.exceptions.Abort, KeyboardInterrupt):
+        Progress.clear()
         click.echo("lnrt: aborted", err=True)
         return 130
     except click.UsageError as exc:
@@ -498,6 +618,7 @@ def main(argv=None) -> int:
         click.echo(f"lnrt: error: {_one_line(exc.format_message())}", err=True)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 (the last line of defence: a bug prints one line, not a trace)
+        Progress.clear()
         return _internal_error(exc, debug)
     return 0
 

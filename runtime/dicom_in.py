@@ -114,6 +114,7 @@ class _Slice:
     slope: object
     intercept: object
     pixel_problem: str | None  # the pixel data element is missing, short or truncated
+    description: str | None = None  # SeriesDescription, for listing choices
 
     @property
     def name(self) -> str:
@@ -292,7 +293,7 @@ def _read_header(path: Path, pydicom) -> _Slice | None:
         rows=_scalar(ds, "Rows"), columns=_scalar(ds, "Columns"), pixel_spacing=_numbers(ds, "PixelSpacing"),
         bits=_scalar(ds, "BitsAllocated"), signed=_scalar(ds, "PixelRepresentation"),
         samples=_scalar(ds, "SamplesPerPixel"), slope=_scalar(ds, "RescaleSlope"),
-        intercept=_scalar(ds, "RescaleIntercept"), pixel_problem=problem,
+        intercept=_scalar(ds, "RescaleIntercept"), pixel_problem=problem, description=_text(ds, "SeriesDescription"),
     )
 
 
@@ -604,16 +605,48 @@ def probe_dicom_folder(folder: Path, series_uid: str | None = None) -> DicomSeri
     folder = Path(folder)
     source = str(folder)
     if not any(p.is_file() for p in folder.iterdir()):
-        raise LnrtError(f"{source}: folder is empty; expected a DICOM series or give an image file")
+        raise LnrtError(f"{source}: {_nothing_here(folder) or 'folder is empty'}; expected a DICOM series "
+                        "or give an image file")
     slices, unreadable = _scan_folder(folder)
     entries = _group(slices)
     if not entries:
-        hint = ""
+        hint = _nothing_here(folder)
+        if hint:
+            raise LnrtError(f"{source}: no DICOM slices in this folder: {hint}")
         if unreadable:
             hint = f" ({len(unreadable)} files could not be read as DICOM, e.g. {unreadable[0][0]}: {unreadable[0][1]})"
         raise LnrtError(f"{source}: no DICOM image series found{hint}; expected a folder of CT DICOM slices")
     entry = _choose(source, entries, series_uid)
     return _validate(source, entry, unreadable, len(entries))
+
+
+IMAGE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+SUBFOLDERS_LISTED = 8  # series named in the one-line hint; the rest are counted
+
+
+def _nothing_here(folder: Path) -> str | None:
+    """What a folder without DICOM slices of its own holds instead, as a hint (None: nothing useful):
+    image files (give one), or DICOM series in its subfolders (give one subfolder), each with its
+    SeriesInstanceUID, modality, slice count and SeriesDescription."""
+    images = sorted(p.name for p in folder.iterdir()
+                    if p.is_file() and p.name.lower().endswith(IMAGE_FILE_SUFFIXES))
+    if images:
+        shown = ", ".join(images[:3]) + (", ..." if len(images) > 3 else "")
+        return (f"it holds {len(images)} image file{'s' * (len(images) > 1)} ({shown}), not a DICOM series; "
+                f"give one file (lnrt infer {folder / images[0]})")
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        slices, _ = _scan_folder(sub)
+        for entry in _group(slices):
+            desc = _most_common([s.description for s in entry.slices])
+            found.append(f"{sub.name} ({entry.uid}, {entry.modality or 'unknown'}, {len(entry.slices)} slices"
+                         + (f", '{desc}'" if desc else "") + ")")
+    if not found:
+        return None
+    listed = "; ".join(found[:SUBFOLDERS_LISTED]) + (f"; and {len(found) - SUBFOLDERS_LISTED} more"
+                                                     if len(found) > SUBFOLDERS_LISTED else "")
+    return (f"{len(found)} DICOM series in its subfolders: {listed}; give one subfolder "
+            f"(lnrt infer {folder / found[0].split(' (')[0]})")
 
 
 def read_dicom_series(series: DicomSeries) -> tuple[Volume, ScanInfo]:
