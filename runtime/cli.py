@@ -294,6 +294,40 @@ def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, 
 
 
 @cli.command()
+@click.argument("report", type=click.Path(exists=False))
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: the report's own).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--quiet", "-q", is_flag=True, help="No warnings on stderr.")
+@click.option("--viewer", is_flag=True, help="Add <stem>.nodes.seg.nrrd and <stem>.nodes.label.txt.")
+@click.option("--qc", is_flag=True, help="Add the QC pictures (<stem>.qc/) and <stem>.qc.html.")
+@click.option("--dicom-seg", is_flag=True, help="Add a DICOM SEG (DICOM input only).")
+@click.option("--dicom-sr", is_flag=True, help="Add a DICOM SR (TID 1500), with its SEG.")
+@click.option("--seg-segments", type=click.Choice(["node", "class"]), default="node", show_default=True)
+@click.option("--manufacturer", default="lnrt", show_default=True, help="DICOM Manufacturer.")
+@click.option("--manufacturer-model", default="lnrt", show_default=True, help="DICOM Manufacturer's Model Name.")
+@click.option("--device-serial", default="0", show_default=True, help="DICOM Device Serial Number.")
+@click.option("--institution", default=None, help="DICOM Institution Name.")
+def report(report, out, overwrite, quiet, viewer, qc, dicom_seg, dicom_sr, **kw):
+    """Add outputs to a finished lnrt infer run from its REPORT (.report.json), without running the model
+    again: the scan and the label map are read back and checked against the report."""
+    from pathlib import Path
+
+    from .reload import load_result
+
+    _quiet_logs(quiet)
+    if not (viewer or qc or dicom_seg or dicom_sr):
+        raise LnrtError("lnrt report: nothing to add; expected --qc, --viewer, --dicom-seg or --dicom-sr")
+    save = _save_options({**kw, "viewer": viewer, "qc": qc, "dicom_seg": dicom_seg or None, "dicom_sr": dicom_sr})
+    save["dicom_seg"] = True if dicom_seg else (None if dicom_sr else False)
+    result = load_result(report)
+    out = out or str(Path(report).parent)
+    result.plan(out, overwrite, *_flags(save), contract=False)
+    paths = result.save(out, overwrite=overwrite, contract=False, **save)
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@cli.command()
 @click.argument("pred", type=click.Path(exists=False))
 @click.argument("truth", type=click.Path(exists=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")

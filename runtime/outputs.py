@@ -81,12 +81,13 @@ def _probe_write(folder: Path, out_dir: Path) -> None:
 
 
 def check_writable(out_dir: str | os.PathLike, stem: str, overwrite: bool,
-                   inputs: tuple = (), extras: tuple = ()) -> dict:
+                   inputs: tuple = (), extras: tuple = (), contract: bool = True) -> dict:
     """Fail before any work if outputs exist (without overwrite), would replace an input or land inside
     an input DICOM folder, have names too long for the file system, or cannot be written at all.
 
-    `extras` names optional outputs (keys of EXTRA_SUFFIXES) that will be written too."""
-    paths = output_paths(out_dir, stem)
+    `extras` names optional outputs (keys of EXTRA_SUFFIXES) that will be written too; `contract=False`
+    plans the extras alone (outputs added to a finished run, `lnrt report`)."""
+    paths = output_paths(out_dir, stem) if contract else {}
     paths.update({k: Path(out_dir) / f"{stem}{EXTRA_SUFFIXES[k]}" for k in extras})
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
@@ -146,7 +147,7 @@ class OutputPlan:
 
 def plan(out_dir: str | os.PathLike, stem: str, overwrite: bool = False, inputs: tuple = (),
          is_dicom: bool = False, viewer: bool = True, qc: bool = False, dicom_seg: bool | None = None,
-         dicom_sr: bool = False, has_uids: bool | None = None) -> OutputPlan:
+         dicom_sr: bool = False, has_uids: bool | None = None, contract: bool = True) -> OutputPlan:
     """The pre-flight of a save, done once by the CLI before any work and once by `Result.save`: which
     files, whether they may be written there, whether the packages they need are installed, and
     whether the input can give what was asked (`has_uids`: the DICOM series carries the UIDs a SEG
@@ -161,7 +162,7 @@ def plan(out_dir: str | os.PathLike, stem: str, overwrite: bool = False, inputs:
     if explicit and has_uids is False:
         raise LnrtError(f"{source}: the series lacks Study, Series or SOP Instance UIDs (anonymised without "
                         "UIDs), which a DICOM SEG must reference; expected a series with UIDs (or --no-dicom-seg)")
-    paths = check_writable(out_dir, stem, overwrite, inputs, extras)
+    paths = check_writable(out_dir, stem, overwrite, inputs, extras, contract)
     return OutputPlan(Path(out_dir), stem, paths, extras, overwrite)
 
 

@@ -84,15 +84,16 @@ class Result:
                 "warnings": self.warnings, "nodes": self.nodes}
 
     def plan(self, out_dir: str | os.PathLike, overwrite: bool = False, viewer: bool = True, qc: bool = False,
-             dicom_seg: bool | None = None, dicom_sr: bool = False) -> OutputPlan:
+             dicom_seg: bool | None = None, dicom_sr: bool = False, contract: bool = True) -> OutputPlan:
         """What `save` with these options would write, checked now (raises `LnrtError` if it cannot)."""
         return plan_outputs(out_dir, self.info.stem, overwrite, (self.info.path,), self.info.kind == "dicom",
-                            viewer, qc, dicom_seg, dicom_sr)
+                            viewer, qc, dicom_seg, dicom_sr, contract=contract)
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False, viewer: bool = True,
              qc: bool = False, dicom_seg: bool | None = None, dicom_sr: bool = False,
-             seg_segments: str = "node", equipment=None) -> dict:
-        """Write the outputs; see the README's Outputs section. Returns {name: path}.
+             seg_segments: str = "node", equipment=None, contract: bool = True) -> dict:
+        """Write the outputs; see the README's Outputs section. Returns {name: path}. `contract=False`
+        writes only the optional outputs asked for (added to a finished run: `lnrt.reload`).
 
         Everything that can fail (DICOM datasets, QC pictures) is built in memory first: a failure
         leaves no file behind. A DICOM SEG that is only automatic (DICOM input, no `dicom_seg=True`)
@@ -101,7 +102,7 @@ class Result:
         that no lymph node was detected. Every planned output that is not written gets one warning: one
         log line and the same text in `warnings` (and the report), once however often `save` runs."""
         t0 = time.perf_counter()
-        todo = self.plan(out_dir, overwrite, viewer, qc, dicom_seg, dicom_sr)
+        todo = self.plan(out_dir, overwrite, viewer, qc, dicom_seg, dicom_sr, contract)
         datasets = {}
 
         def skipped(msg: str, *keys: str) -> OutputPlan:
@@ -126,7 +127,7 @@ class Result:
                     todo = skipped(f"{self.info.path}: no DICOM SEG written: {NO_SEGMENTS}{said}", "dicom_seg")
         report = self.report()
         image = self.label_image()
-        outputs = contract_outputs(image, report)
+        outputs = contract_outputs(image, report) if contract else {}
         if viewer:
             from .viewer import itksnap_labels, slicer_segmentation
             nrrd = slicer_segmentation(image, self.nodes)

@@ -123,3 +123,75 @@ def test_bf16_without_openvino_names_what_to_install_not_an_option_never_typed(m
     assert main(["infer", str(SAMPLE), "--out", str(tmp_path / "o"), "-q", "--variant", "bf16"]) == 2
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "pip install 'lnrt[openvino]'" in err and "--backend" not in err
+
+
+# -- lnrt report: outputs added to a finished run, without running the model again ---------------------
+def _infer(run_cli, out, pkg, *extra):
+    assert run_cli("infer", SAMPLE, "--out", out, "-q", "--model", pkg, *extra) == 0
+    return out / "sample_neck_phantom.report.json"
+
+
+def test_report_adds_qc_equal_to_a_run_with_qc(tmp_path, run_cli, placeholder_package, monkeypatch):
+    import lnrt.session
+    direct = _infer(run_cli, tmp_path / "direct", placeholder_package, "--qc")
+    later = _infer(run_cli, tmp_path / "later", placeholder_package)
+    before = {p.name: p.read_bytes() for p in later.parent.iterdir()}
+    monkeypatch.setattr(lnrt.session.Session, "run", lambda *a, **k: pytest.fail("the model ran again"))
+    assert run_cli("report", later, "--qc") == 0
+    after = {p.name: p for p in later.parent.iterdir()}
+    assert {n: after[n].read_bytes() for n in before} == before  # the main files untouched
+    pics = sorted(p.name for p in (later.parent / "sample_neck_phantom.qc").iterdir())
+    assert pics == sorted(p.name for p in (direct.parent / "sample_neck_phantom.qc").iterdir())
+    for name in pics:  # the same pictures as a run that asked for them
+        assert ((later.parent / "sample_neck_phantom.qc" / name).read_bytes()
+                == (direct.parent / "sample_neck_phantom.qc" / name).read_bytes()), name
+    assert run_cli("report", later, "--qc") == 2  # exists: --overwrite replaces it
+    assert run_cli("report", later, "--qc", "--overwrite") == 0
+
+
+def test_report_refuses_what_does_not_match(tmp_path, run_cli, placeholder_package, capfd):
+    rep = _infer(run_cli, tmp_path / "a", placeholder_package)
+    capfd.readouterr()
+    assert run_cli("report", rep) == 2
+    assert "nothing to add" in capfd.readouterr().err
+    labels = rep.parent / "sample_neck_phantom.nodes.nii.gz"
+    img = sitk.ReadImage(str(labels))
+    arr = sitk.GetArrayFromImage(img)
+    arr[arr == arr.max()] = 0  # a node erased by hand
+    edited = sitk.GetImageFromArray(arr)
+    edited.CopyInformation(img)
+    sitk.WriteImage(edited, str(labels))
+    assert run_cli("report", rep, "--qc") == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "expected the label map of this report" in err
+    assert not (rep.parent / "sample_neck_phantom.qc.html").exists()
+    moved = _infer(run_cli, tmp_path / "b", placeholder_package)
+    report = __import__("json").loads(moved.read_text())
+    other = tmp_path / "other.nii.gz"
+    resampled = sitk.ReadImage(str(SAMPLE))
+    resampled.SetSpacing((1.0, 1.0, 3.0))
+    sitk.WriteImage(resampled, str(other))
+    report["input"]["path"] = str(other)
+    moved.write_text(__import__("json").dumps(report))
+    assert run_cli("report", moved, "--qc") == 2
+    assert "expected the scan and label map of this run" in capfd.readouterr().err
+
+
+def test_report_of_a_measure_run_is_refused(tmp_path, run_cli, placeholder_package, capfd):
+    rep = _infer(run_cli, tmp_path / "a", placeholder_package)
+    assert run_cli("measure", rep.parent / "sample_neck_phantom.nodes.nii.gz", "--out", tmp_path / "m", "-q") == 0
+    capfd.readouterr()
+    assert run_cli("report", tmp_path / "m" / "sample_neck_phantom.report.json", "--qc") == 2
+    assert "expected the report of lnrt infer" in capfd.readouterr().err
+
+
+def test_report_adds_a_dicom_sr_later(shared_data, tmp_path, run_cli, placeholder_package):
+    pytest.importorskip("highdicom")
+    series = shared_data / "dicom" / "neckbase_philips_10slices"
+    assert run_cli("infer", series, "--out", tmp_path, "-q", "--model", placeholder_package, "--no-dicom-seg") == 0
+    rep = tmp_path / "neckbase_philips_10slices.report.json"
+    assert not (tmp_path / "neckbase_philips_10slices.sr.dcm").exists()
+    assert run_cli("report", rep, "--dicom-sr") == 0
+    import pydicom
+    sr = pydicom.dcmread(tmp_path / "neckbase_philips_10slices.sr.dcm")
+    assert sr.Modality == "SR" and (tmp_path / "neckbase_philips_10slices.seg.dcm").exists()
