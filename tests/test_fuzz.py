@@ -431,14 +431,9 @@ def _series(tmp: Path, n: int = 10, **kw) -> tuple:
 
 
 def _dicom_edit(path: Path, **changes) -> None:
-    import pydicom
-    ds = pydicom.dcmread(path)
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(path)
+    """Rewrite one slice file's attributes (None removes one): tests/test_dicom_series.py's helper."""
+    from test_dicom_series import rewrite
+    rewrite(path, **changes)
 
 
 @probe("DICOM: a missing middle slice")
