@@ -17,6 +17,19 @@ from .device import DEVICES
 from .errors import LnrtError
 
 
+class Finite(click.FloatRange):
+    """A float option that must be a finite number in its range (click lets `nan` through a range,
+    which would turn a check off)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 class Progress:
     """Stage progress on stderr: every stage (reading, resampling, writing ...) with its time, the
     network's tiles with the elapsed time and an estimate of the time left. On a terminal one redrawn
@@ -211,6 +224,11 @@ def with_common(f):
     return out_option(f)
 
 
+def _check_out(out: str) -> None:
+    if not str(out).strip():
+        raise LnrtError("--out is empty; expected an output folder (--out . for the current one)")
+
+
 def _save_options(kw: dict) -> dict:
     from .dicom_out import Equipment
 
@@ -233,28 +251,34 @@ def _flags(save: dict) -> tuple:
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True,
               help="Model precision; bf16 is the fp32 model with OpenVINO's bf16 hint (CPUs with bf16).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Tiles per network call.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=None, help="Tiles per network call.")
 @click.option("--tta/--no-tta", default=None, help="Mirroring test-time augmentation (default: model's).")
 @click.option("--series", "series_uid", default=None,
               help="DICOM SeriesInstanceUID to use from a folder (UID:axial, UID:coronal, ... when one series "
                    "mixes orientations; the error lists the choices).")
-@click.option("--max-memory-gb", type=click.FloatRange(0.1), default=None,
+@click.option("--max-memory-gb", type=Finite(0.1), default=None,
               help="Refuse volumes whose estimated peak memory is above this (default: 80% of RAM).")
 @click.option("--no-hu-check", is_flag=True, help="Skip the check that the scan is CT in HU.")
 @click.option("--all-regions", is_flag=True,
               help="Report findings outside the neck too (turns off the model's neck-region rule).")
-@click.option("--min-short-axis-px", type=click.FloatRange(0), default=None,
+@click.option("--min-short-axis-px", type=Finite(0), default=None,
               help="Drop findings with a short axis below this many in-plane pixels (default: model's).")
 @with_common
 def infer(scan, model, backend, device, variant, threads, batch_size, tta, series_uid, max_memory_gb,
           no_hu_check, all_regions, min_short_axis_px, out, overwrite, quiet, as_json, **kw):
     """Segment and measure the lymph nodes of SCAN (an image file or a DICOM folder)."""
+    from pathlib import Path
+
     from .imageio import probe_scan, stem_of
     from .outputs import plan
     from .session import Session
 
     save = _save_options(kw)
     _quiet_logs(quiet or as_json)
+    _check_out(out)
+    if series_uid is not None and Path(scan).is_file():
+        raise LnrtError(f"{scan}: --series chooses a series in a DICOM folder, and this is a file; expected a "
+                        "DICOM folder (or drop --series)")
     header = probe_scan(scan, series_uid)  # every check the headers allow, before the model is loaded
     plan(out, stem_of(scan), overwrite, (scan,), header.kind == "dicom", *_flags(save), has_uids=header.has_uids)
     mirror = None if tta is None else ((0, 1, 2) if tta else ())
@@ -272,7 +296,7 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
               help="The CT the labels belong to (for mean HU).")
 @click.option("--connectivity", type=click.Choice(["6", "18", "26"]), default="26", show_default=True,
               help="Neighbourhood for splitting a binary mask into nodes.")
-@click.option("--min-volume-mm3", type=click.FloatRange(0), default=0.0, show_default=True,
+@click.option("--min-volume-mm3", type=Finite(0), default=0.0, show_default=True,
               help="Drop components smaller than this (binary masks only).")
 @with_common
 def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, as_json, **kw):
@@ -282,6 +306,7 @@ def measure(labels, image, connectivity, min_volume_mm3, out, overwrite, quiet, 
 
     save = _save_options(kw)
     _quiet_logs(quiet or as_json)
+    _check_out(out)
     if save["dicom_seg"] or save["dicom_sr"]:
         raise LnrtError("lnrt measure writes no DICOM SEG or SR (it has no source series); use lnrt infer "
                         "on the DICOM folder")
@@ -337,10 +362,22 @@ def evaluate(pred, truth, as_json, out_file):
     """Score predicted node masks PRED against ground truth TRUTH (two files or two folders)."""
     from .evaluate import evaluate as run_evaluate, format_table
 
+    from pathlib import Path
+
+    if out_file:  # checked before any work: never an input, and a folder that can take it
+        from .outputs import check_writable
+        target = Path(out_file)
+        if target.resolve() in {Path(p).resolve() for p in (pred, truth)} or any(
+                Path(p).is_dir() and Path(p).resolve() in target.resolve().parents for p in (pred, truth)):
+            raise LnrtError(f"{out_file}: would replace or land inside an input; expected another --out file")
+        check_writable(target.parent, target.name, True, (pred, truth), (), contract=False)
     result = run_evaluate(pred, truth)
     if out_file:
         from .atomic import write_json
-        write_json(out_file, result)
+        try:
+            write_json(out_file, result, mkdir=True)
+        except OSError as exc:
+            raise LnrtError(f"{out_file}: cannot write the result ({exc.strerror or exc})") from None
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 

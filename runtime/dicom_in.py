@@ -613,6 +613,7 @@ def probe_dicom_folder(folder: Path, series_uid: str | None = None) -> DicomSeri
         hint = _nothing_here(folder)
         if hint:
             raise LnrtError(f"{source}: no DICOM slices in this folder: {hint}")
+        hint = ""
         if unreadable:
             hint = f" ({len(unreadable)} files could not be read as DICOM, e.g. {unreadable[0][0]}: {unreadable[0][1]})"
         raise LnrtError(f"{source}: no DICOM image series found{hint}; expected a folder of CT DICOM slices")

@@ -96,6 +96,10 @@ def evaluate_scan(pred: Volume, truth: Volume, name: str = "scan") -> dict:
                         f"{truth.shape[::-1]}; expected masks on the same grid")
     if not np.allclose(pred.spacing, truth.spacing, rtol=1e-4):
         raise LnrtError(f"{name}: prediction spacing {pred.spacing} differs from the truth's {truth.spacing}")
+    if not pred.same_geometry(truth):  # same grid, placed elsewhere or turned: scoring it would lie
+        raise LnrtError(f"{name}: prediction origin {tuple(round(float(v), 3) for v in pred.origin)} or direction "
+                        f"differs from the truth's ({tuple(round(float(v), 3) for v in truth.origin)}); expected "
+                        "masks on the same grid in the same place")
     p = _instances(np.asarray(pred.array))
     t = _instances(np.asarray(truth.array))
     pf, tf = p > 0, t > 0

@@ -169,10 +169,17 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
     else:
         return None
     ndim = int(dims[0])
+    code = int(np.frombuffer(header[70:72] if n1 == 348 else header[12:14], dtype=order + "i2")[0])
+    bitpix = NIFTI_BITS.get(code, bitpix)  # the datatype decides what a reader reads, not bitpix
     if not 1 <= ndim <= 7 or bitpix <= 0:
         return None
     n = int(np.prod([max(1, int(d)) for d in dims[1:ndim + 1]], dtype=np.int64))
     return max(offset, 348) + n * bitpix // 8
+
+
+# bits per voxel of each NIfTI datatype code (the standard's table): a header's bitpix must agree
+NIFTI_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64,
+              1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}
 
 
 def check_nifti_complete(path: Path) -> None:
@@ -233,7 +240,8 @@ def read_nifti_fast(path: Path) -> Volume | None:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with quiet_native():
+            reader.ReadImageInformation()
         with (_gzip_open(path) if name.endswith(".gz") else open(path, "rb")) as fh:
             header = fh.read(352)
     except (RuntimeError, OSError, EOFError, zlib.error):
@@ -278,6 +286,11 @@ def check_nifti_header(path: Path, header: bytes) -> None:
     if not 1 <= ndim <= 7 or any(int(d) < 1 for d in dims[1:ndim + 1]):
         raise LnrtError(f"{path}: NIfTI header has dimensions {list(map(int, dims[:ndim + 1 if 0 < ndim < 8 else 8]))}; "
                         "expected positive sizes along every axis")
+    code = int(np.frombuffer(header[70:72], order + "i2")[0])
+    bitpix = int(np.frombuffer(header[72:74], order + "i2")[0])
+    if code in NIFTI_BITS and bitpix != NIFTI_BITS[code]:
+        raise LnrtError(f"{path}: NIfTI header gives bitpix {bitpix} for datatype {code}, which has "
+                        f"{NIFTI_BITS[code]} bits per voxel; expected a consistent header")
     spatial = pixdim[1:1 + min(3, ndim)]
     if not np.all(np.isfinite(spatial)) or np.any(spatial <= 0):
         raise LnrtError(f"{path}: NIfTI header gives voxel size {[round(float(v), 4) for v in spatial]} mm (pixdim); "
@@ -331,10 +344,13 @@ def check_data_file_reference(path: Path) -> None:
     for i, line in enumerate(lines):
         if suffix in (".nhdr", ".nrrd") and not line.strip() and i > 0:
             break  # a blank line ends a NRRD header: what follows is data
-        sep = "=" if suffix in (".mhd", ".mha") else ":"
-        if sep not in line:
+        # MetaIO accepts "=" or ":" between key and value (NRRD fields use ":"): the first one found
+        cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
+        if cut < 0:
             continue
-        key, value = (part.strip() for part in line.split(sep, 1))
+        key, value = line[:cut].strip(), line[cut + 1:].strip()
+        if suffix in (".nhdr", ".nrrd") and line.find(":") >= 0:
+            key, value = (part.strip() for part in line.split(":", 1))
         if key.lower() not in keys:
             continue
         first = value.split()[0] if value.split() else ""
@@ -531,6 +547,11 @@ def read_scan(path: str | os.PathLike | ScanHeader, series_uid: str | None = Non
     return vol, info
 
 
+# Largest instance id `measure` accepts: per-label statistics take memory in proportion to the largest id,
+# and 16.7 million is far above any node count (an id of 2^40 asked for 8 TiB).
+MAX_LABEL = 1 << 24
+
+
 def read_labels(path: str | os.PathLike) -> Volume:
     """Read a label image (integer voxels) for measurement."""
     p = Path(path)
@@ -545,6 +566,9 @@ def read_labels(path: str | os.PathLike) -> Volume:
         raise LnrtError(f"{p}: voxel type {a.dtype}; expected integer labels")
     if a.size and a.min() < 0:
         raise LnrtError(f"{p}: negative label {a.min()}; expected labels 0 (background) and up")
+    if a.size and a.max() > MAX_LABEL:
+        raise LnrtError(f"{p}: label {a.max():.0f} is above {MAX_LABEL}; expected instance ids (one per node) "
+                        "or a binary mask")
     return vol
 
 

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -204,7 +205,14 @@ def write_outputs(plan: OutputPlan, outputs: dict) -> dict:
         with Staging() as staged:
             for key, out in outputs.items():
                 out.write(staged.path(plan.paths[key], folder=out.folder))
-            staged.commit()
+            with folder_lock(plan.out_dir):  # two runs into one folder: one commits, then the other checks
+                if not plan.overwrite:
+                    taken = [plan.paths[k] for k in outputs if plan.paths[k].exists()]
+                    if taken:
+                        raise LnrtError(f"{taken[0]}: appeared while this run worked (another run writing into "
+                                        f"{plan.out_dir}?); nothing was written; expected a new output name "
+                                        "(--overwrite replaces it)")
+                staged.commit()
     except OSError as exc:
         if created:
             _remove_empty(plan.out_dir)
@@ -215,6 +223,23 @@ def write_outputs(plan: OutputPlan, outputs: dict) -> dict:
             _remove_empty(plan.out_dir)
         raise
     return {k: plan.paths[k] for k in outputs}
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """An exclusive flock on the output folder itself (no lock file is left behind) while a run checks
+    that its names are free and renames its files into place; where flock does not exist, nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _remove_empty(folder: Path) -> None:

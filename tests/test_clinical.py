@@ -101,14 +101,14 @@ def test_viewer_label_descriptions_match_the_node_ids(session, tmp_path):
 
 def _chromium(html, tmp_path, *args):
     return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args,
-                           html.as_uri()], capture_output=True, text=True, timeout=120)
+                           html.as_uri()], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 def test_qc_page_renders_every_node_in_headless_chromium(session, tmp_path):
     pytest.importorskip("PIL")
     res = session.run(lnrt.sample_path())
     paths = res.save(tmp_path, qc=True)
-    page = paths["qc_html"].read_text()
+    page = paths["qc_html"].read_text(encoding="utf-8")
     assert "http://" not in page and "https://" not in page.replace("https://dicom", "")  # self-contained
     assert len(list(paths["qc_dir"].glob("node_*.png"))) == len(res.nodes)
     if not CHROMIUM:

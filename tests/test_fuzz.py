@@ -795,6 +795,166 @@ def _(tmp):
     return _export_nnunet(folder, tmp)
 
 
+# ---- found by an independent hostile review (session 7) -----------------------------------------------------
+@probe("bitpix understating the datatype, file cut to half")
+def _(tmp):
+    raw = _nifti_bytes(Path(SAMPLE))
+    raw[72:74] = np.array(8, "<i2").tobytes()  # int16 data, bitpix 8: the byte count would look complete
+    (tmp / "c.nii").write_bytes(bytes(raw[: 352 + (len(raw) - 352) // 2]))
+    return _infer(tmp / "c.nii", tmp)
+
+
+@probe("mhd data file after a colon")
+def _(tmp):
+    (tmp / "sp.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
+                                "ElementDataFile:/etc/passwd\n")
+    return _infer(tmp / "sp.mhd", tmp, "--no-hu-check")
+
+
+@probe("qform and sform disagree (ITK's warning text)")
+def _(tmp):
+    nib = pytest.importorskip("nibabel")
+    x = nib.load(str(SAMPLE))
+    aff = x.affine.copy()
+    aff[:3, :3] *= 2
+    y = nib.Nifti1Image(np.asanyarray(x.dataobj).astype(np.int16) + 1100, x.affine, x.header)
+    y.set_sform(aff, 1)
+    nib.save(y, str(tmp / "q.nii.gz"))
+    return _infer(tmp / "q.nii.gz", tmp)  # refused as not HU; ITK's sform warning must not print
+
+
+@probe("--max-memory-gb nan")
+def _(tmp):
+    return _infer(SAMPLE, tmp, "--max-memory-gb", "nan")
+
+
+@probe("--min-short-axis-px nan")
+def _(tmp):
+    return _infer(SAMPLE, tmp, "--min-short-axis-px", "nan")
+
+
+@probe("measure: --min-volume-mm3 nan")
+def _(tmp):
+    return _measure(SAMPLE, tmp, "--min-volume-mm3", "nan")
+
+
+@probe("--batch-size 100000")
+def _(tmp):
+    return _infer(SAMPLE, tmp, "--batch-size", 100000)
+
+
+@probe("--out ''")
+def _(tmp):
+    return ["infer", str(SAMPLE), "--out", "", "-q"]
+
+
+@probe("--series on a file")
+def _(tmp):
+    return _infer(SAMPLE, tmp, "--series", "1.2.3")
+
+
+@probe("measure: a uint64 label of 2^40")
+def _(tmp):
+    a = np.zeros((8, 16, 16), np.uint64)
+    a[2:4, 2:4, 2:4] = 2 ** 40 + 3
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp / "big.nrrd"))
+    return _measure(tmp / "big.nrrd", tmp)
+
+
+@probe("measure: a float label of 1e20")
+def _(tmp):
+    a = np.zeros((8, 16, 16), np.float32)
+    a[2:4, 2:4, 2:4] = 1e20
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp / "bigf.nrrd"))
+    return _measure(tmp / "bigf.nrrd", tmp)
+
+
+def _evaluate_pair(tmp: Path, change=None) -> tuple:
+    a = np.zeros((8, 16, 16), np.uint8)
+    a[2:5, 3:7, 3:7] = 1
+    pred = _write(a, tmp / "pred.nii.gz", like=sitk.Image([16, 16, 8], sitk.sitkUInt8))
+    img = sitk.GetImageFromArray(a)
+    if change:
+        change(img)
+    sitk.WriteImage(img, str(tmp / "truth.nii.gz"))
+    return pred, tmp / "truth.nii.gz"
+
+
+@probe("evaluate: --out is the truth file")
+def _(tmp):
+    pred, truth = _evaluate_pair(tmp)
+    return ["evaluate", str(pred), str(truth), "--out", str(truth)]
+
+
+@probe("evaluate: --out under a file")
+def _(tmp):
+    pred, truth = _evaluate_pair(tmp)
+    return ["evaluate", str(pred), str(truth), "--out", str(truth / "x.json")]
+
+
+@probe("evaluate: truth moved 50 mm")
+def _(tmp):
+    pred, truth = _evaluate_pair(tmp, lambda img: img.SetOrigin((50.0, 0.0, 0.0)))
+    return ["evaluate", str(pred), str(truth)]
+
+
+@probe("evaluate: truth flipped")
+def _(tmp):
+    pred, truth = _evaluate_pair(tmp, lambda img: img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1)))
+    return ["evaluate", str(pred), str(truth)]
+
+
+_RUNS: list = []
+
+
+def _finished_run(tmp: Path, edit) -> list:
+    """A finished `lnrt infer` run (made once, copied), its report edited by hand, then `lnrt report --qc`."""
+    if not _RUNS:
+        import tempfile
+        base = Path(tempfile.mkdtemp(prefix="lnrt-fuzz-run-"))
+        assert main(["infer", str(SAMPLE), "--out", str(base), "-q", "--no-viewer", "--model",
+                     str(_package(base))]) == 0
+        _RUNS.append(base)
+    run = tmp / "run"
+    run.mkdir()
+    for name in ("sample_neck_phantom.nodes.nii.gz", "sample_neck_phantom.report.json", "sample_neck_phantom.nodes.csv"):
+        shutil.copy(_RUNS[0] / name, run / name)
+    report = json.loads((run / "sample_neck_phantom.report.json").read_text())
+    edit(report)
+    (run / "sample_neck_phantom.report.json").write_text(json.dumps(report))
+    return ["report", str(run / "sample_neck_phantom.report.json"), "--qc", "--out", str(tmp / "out")]
+
+
+def _node(key, value):
+    def edit(r):
+        if value is None:
+            r["nodes"][0].pop(key)
+        else:
+            r["nodes"][0][key] = value
+    return edit
+
+
+for _key, _value in (("id", "abc"), ("id", 3.7), ("id", None), ("axis_slice", 999), ("axis_slice", -5),
+                     ("short_axis_mm", "big"), ("centroid_mm", [1, 2, 3, 4]), ("long_axis_ends_mm", None)):
+    probe(f"report: node {_key} {'removed' if _value is None else json.dumps(_value)}")(
+        lambda tmp, k=_key, v=_value: _finished_run(tmp, _node(k, v)))
+
+
+@probe("report: input.path removed")
+def _(tmp):
+    return _finished_run(tmp, lambda r: r["input"].pop("path"))
+
+
+@probe("report: input.spacing null")
+def _(tmp):
+    return _finished_run(tmp, lambda r: r["input"].update(spacing_xyz_mm=None))
+
+
+@probe("report: nodes as a dict")
+def _(tmp):
+    return _finished_run(tmp, lambda r: r.update(nodes={"1": {}}))
+
+
 # ---- the runner -----------------------------------------------------------------------------------------
 def _digest(p: Path) -> str:
     st = p.stat()

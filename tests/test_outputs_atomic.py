@@ -262,3 +262,30 @@ def test_no_temporary_names_longer_than_the_final_ones(tmp_path):
     with atomic.atomic_path(final) as t:
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(t))
     assert sitk.ReadImage(str(final)).GetSize() == (4, 4, 4)
+
+
+def test_two_runs_into_one_folder_never_both_claim_the_names(tmp_path, placeholder_package):
+    """Two different scans with one stem, written into one folder at once without --overwrite: one run
+    writes, the other is refused (in its pre-flight, or when it finds the names taken at commit under the
+    folder's lock), and the folder holds one complete, consistent set."""
+    a, b = tmp_path / "a" / "scan.nii.gz", tmp_path / "b" / "scan.nii.gz"
+    for p in (a, b):
+        p.parent.mkdir()
+    shutil.copy(SAMPLE, a)
+    img = sitk.ReadImage(str(SAMPLE))
+    flipped = sitk.Flip(img, [True, False, False])
+    flipped.CopyInformation(img)
+    sitk.WriteImage(flipped, str(b))
+    for i in range(3):  # bounded: three races
+        out = tmp_path / f"o{i}"
+        procs = [subprocess.Popen([sys.executable, "-m", "lnrt.cli", "infer", str(p), "--out", str(out), "-q",
+                                   "--model", str(placeholder_package)], stderr=subprocess.PIPE, text=True)
+                 for p in (a, b)]
+        codes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+        assert sorted(c for c, _ in codes) == [0, 2], codes
+        refused = next(err for c, err in codes if c == 2)
+        assert refused.count("\n") == 1 and ("already exists" in refused or "appeared while this run" in refused)
+        report = json.loads((out / "scan.report.json").read_text())
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "scan.nodes.nii.gz")))
+        assert sorted({n["id"] for n in report["nodes"]}) == sorted(set(np.unique(labels).tolist()) - {0})
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]
