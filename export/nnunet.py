@@ -331,6 +331,16 @@ def _manifest_fields(info: dict) -> dict:
     }
 
 
+def _check_fields_early(info: dict, fields: dict, name, version: str) -> None:
+    """The plans' values as the manifest will hold them, schema-checked before any network is built
+    (NaN spacing or intensity statistics are refused in one line naming plans.json, not after the export)."""
+    from lnrt.package import check_manifest, make_manifest
+
+    provisional = make_manifest(name or "nnunet", version, fields["spacing_zyx"], fields["patch_zyx"],
+                                fields["normalization"], {}, classes=fields["classes"])
+    check_manifest(provisional, f"{info['folder'] / 'plans.json'}, as the manifest would hold it", files=False)
+
+
 def import_nnunet(folder, out, configuration: str | None = None, folds=None,
                   checkpoint: str = "checkpoint_final.pth", name: str | None = None, version: str = "1.0.0",
                   **package_kwargs) -> Path:
@@ -339,6 +349,7 @@ def import_nnunet(folder, out, configuration: str | None = None, folds=None,
 
     info = read_folder(folder, configuration, folds, checkpoint)
     fields = manifest_fields(info)
+    _check_fields_early(info, fields, name, version)
     arch = info["config"].get("architecture")
     where, key = info["folder"] / "plans.json", f"configurations.{info['configuration']}.architecture"
     if not arch:

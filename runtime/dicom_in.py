@@ -542,6 +542,21 @@ def _check_positions(prefix: str, ordered: list, normal: np.ndarray, pixel: floa
     return spacing
 
 
+def _unique_instances(prefix: str, slices: list) -> None:
+    """Each slice its own SOP Instance UID, and the series in one study: a SEG or SR references
+    instances by UID, so a copied slice or a series spliced from two studies would be ambiguous."""
+    seen: dict = {}
+    for s in sorted(slices, key=lambda s: s.name):
+        if s.sop_uid and s.sop_uid in seen:
+            raise LnrtError(f"{prefix}slice files {seen[s.sop_uid]} and {s.name} share SOPInstanceUID {s.sop_uid}; "
+                            "expected each slice once, with its own UID")
+        seen.setdefault(s.sop_uid, s.name)
+    studies = {s.study_uid for s in slices if s.study_uid}
+    if len(studies) > 1:
+        raise LnrtError(f"{prefix}its slices belong to {len(studies)} studies ({', '.join(sorted(studies)[:2])}); "
+                        "expected one series of one study")
+
+
 def _validate(source: str, entry: _Entry, unreadable: list, series_in_folder: int) -> DicomSeries:
     prefix = f"{source}: series {entry.uid}: "
     if entry.problem:
@@ -566,6 +581,7 @@ def _validate(source: str, entry: _Entry, unreadable: list, series_in_folder: in
             shown = s.ipp if isinstance(s.ipp, str) else _fmt_list(s.ipp)
             raise LnrtError(f"{prefix}slice file {s.name} has ImagePositionPatient {shown}; expected 3 finite "
                             "numbers")
+    _unique_instances(prefix, entry.slices)
     ordered = _sorted_along_normal(entry)
     for attr, label in (("rows", "Rows"), ("columns", "Columns"), ("samples", "SamplesPerPixel"),
                         ("bits", "BitsAllocated"), ("signed", "PixelRepresentation")):

@@ -549,6 +549,22 @@ def _(tmp):
     return _infer(folder, tmp, "--dicom-seg")
 
 
+@probe("DICOM: slices sharing one SOP Instance UID")
+def _(tmp):
+    folder, _, files = _series(tmp)
+    import pydicom
+    uid = pydicom.dcmread(files[0]).SOPInstanceUID
+    _dicom_edit(files[3], SOPInstanceUID=uid)
+    return _infer(folder, tmp)
+
+
+@probe("DICOM: one series spanning two studies")
+def _(tmp):
+    folder, _, files = _series(tmp)
+    _dicom_edit(files[2], StudyInstanceUID="1.2.826.0.1.3680043.8.498.2")
+    return _infer(folder, tmp)
+
+
 @probe("DICOM: --out inside the input folder")
 def _(tmp):
     folder, _, _ = _series(tmp)
@@ -785,6 +801,17 @@ def _(tmp):
 @probe("nnU-Net plans: a look-alike module prefix")
 def _(tmp):
     folder = _nnunet_folder(tmp, network_class_name="dynamic_network_architectures_evil.X")
+    return _export_nnunet(folder, tmp)
+
+
+@probe("nnU-Net plans: NaN spacing")
+def _(tmp):
+    folder = _nnunet_folder(tmp)
+    text = (folder / "plans.json").read_text()
+    plans = json.loads(text)
+    plans["configurations"]["3d_fullres"]["spacing"] = [1.0, 1.0, 1.0]
+    text = json.dumps(plans).replace('"spacing": [1.0, 1.0, 1.0]', '"spacing": [NaN, 1.0, 1.0]', 1)
+    (folder / "plans.json").write_text(text)
     return _export_nnunet(folder, tmp)
 
 
