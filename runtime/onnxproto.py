@@ -161,3 +161,56 @@ def external_locations_of(path: str | os.PathLike) -> list:
             return []
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             return external_locations(mm)
+
+
+# The main graph's inputs and outputs (onnx.proto: ModelProto.graph = 7; GraphProto.input = 11, output = 12,
+# initializers excluded; ValueInfoProto.name = 1, type = 2; TypeProto.tensor_type = 1; TypeProto.Tensor.shape
+# = 2; TensorShapeProto.dim = 1; Dimension.dim_value = 1, dim_param = 2). A dimension is its int, or its
+# symbolic name (a dynamic batch), or None when neither is set.
+def _dims(buf, start, end) -> list:
+    dims = []
+    for f, w, v in _fields(buf, start, end):
+        if f == 1 and w == 2:  # a Dimension
+            value = None
+            for g, x, y in _fields(buf, *v):
+                if g == 1 and x == 0:
+                    value = y - (1 << 64) if y >= 1 << 63 else y
+                elif g == 2 and x == 2:
+                    value = bytes(buf[y[0]:y[1]]).decode("utf-8", errors="replace")
+            dims.append(value)
+    return dims
+
+
+def _value_info(buf, start, end) -> tuple:
+    name, shape = "", None
+    for f, w, v in _fields(buf, start, end):
+        if f == 1 and w == 2:
+            name = bytes(buf[v[0]:v[1]]).decode("utf-8", errors="replace")
+        elif f == 2 and w == 2:
+            for g, x, y in _fields(buf, *v):  # TypeProto
+                if g == 1 and x == 2:  # tensor_type
+                    for h, z, u in _fields(buf, *y):
+                        if h == 2 and z == 2:
+                            shape = _dims(buf, *u)
+    return name, shape
+
+
+def io_shapes(data) -> dict:
+    """{"inputs": [(name, dims)], "outputs": [(name, dims)]} of a serialized model's main graph (dims
+    None where the model declares no shape). Raises ProtoError on malformed input."""
+    out = {"inputs": [], "outputs": []}
+    for f, w, v in _fields(data, 0, len(data)):
+        if f == 7 and w == 2:
+            for g, x, y in _fields(data, *v):
+                if x == 2 and g in (11, 12):
+                    out["inputs" if g == 11 else "outputs"].append(_value_info(data, *y))
+    return out
+
+
+def io_shapes_of(path: str | os.PathLike) -> dict:
+    """`io_shapes` of an .onnx file, through mmap."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ProtoError("empty file")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return io_shapes(mm)

@@ -582,6 +582,36 @@ class ModelPackage:
             self.verify_file(ref)
         return got
 
+    def check_model_io(self, variant: str = "fp32") -> None:
+        """The ONNX model's declared input and output against the manifest, before a backend loads it: one
+        input (batch, 1, *patch_size_zyx) and a first output (batch, len(classes), *patch) wherever the model
+        gives a number (a symbolic batch is fine). A third class name on a two-channel model, or a patch the
+        network was not exported for, would otherwise run, or fail inside the backend."""
+        from .onnxproto import ProtoError, io_shapes_of
+
+        f = self.onnx_path(variant)
+        try:
+            io = io_shapes_of(f)
+        except (ProtoError, OSError, ValueError) as exc:
+            raise LnrtError(f"{f}: not a readable ONNX model ({exc}); expected the model the manifest lists") from None
+        want_in = [None, 1, *self.patch_zyx]
+        want_out = [None, len(self.classes), *self.patch_zyx]
+        src = self.path / MANIFEST
+        for what, entries, want, keys in (("input", io["inputs"], want_in, "input.patch_size_zyx"),
+                                          ("output", io["outputs"][:1], want_out, "classes and input.patch_size_zyx")):
+            if what == "input" and len(entries) != 1:
+                raise LnrtError(f"{f}: the model has {len(entries)} inputs; expected one (batch, 1, z, y, x)")
+            for name, dims in entries:
+                if dims is None:
+                    continue
+                if len(dims) != 5:
+                    raise LnrtError(f"{f}: the model's {what} {name!r} has rank {len(dims)} ({dims}); expected "
+                                    "rank 5 (batch, channels, z, y, x)")
+                if any(isinstance(d, int) and w is not None and d != w
+                                         for d, w in zip(dims, want)):
+                    raise LnrtError(f"{f}: the model's {what} {name!r} is {dims}, where {src} ({keys}) asks for "
+                                    f"{['batch', *want[1:]]}; expected a manifest that matches its model")
+
     @property
     def package_sha256(self) -> str:
         """The package's identity: the sha256 of its lnrt.json (which lists every file's sha256)."""

@@ -165,6 +165,7 @@ class Session:
         # verified now, whether the package was loaded here or handed in: a file swapped since
         # ModelPackage.load is refused, and the report carries the sha256 of what the backend reads
         self.model_sha256 = self.package.verify_model(file_variant)
+        self.package.check_model_io(file_variant)
         self.backend = REGISTRY[name].factory(self.package.onnx_path(file_variant), threads=threads,
                                               precision=precision, package=self.package, variant=file_variant)
         self.config = RunConfig.from_package(self.package, batch_size, mirror_axes, overlap, min_volume_mm3,

@@ -741,6 +741,18 @@ def _(tmp):
     return _with_model(root, tmp)
 
 
+@probe("package: a patch the model was not exported for")
+def _(tmp):
+    return _with_model(_package(tmp, _set("input", "patch_size_zyx", [16, 32, 32])), tmp)
+
+
+@probe("package: three class names on a two-channel model")
+def _(tmp):
+    def edit(m, root):
+        m["classes"] = ["background", "lymph_node", "extra"]
+    return _with_model(_package(tmp, edit), tmp)
+
+
 @probe("package: a listed file missing")
 def _(tmp):
     root = _package(tmp)
