@@ -74,9 +74,9 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def finish(tmp: Path) -> None:
+def finish(tmp: Path, mask: int | None = None) -> None:
     """Make a staged file or folder durable and give it the umask's mode (folders: every file inside)."""
-    mask = umask()
+    mask = umask() if mask is None else mask
     if tmp.is_dir():
         for root, dirs, files in os.walk(tmp):
             for name in files:
@@ -155,8 +155,9 @@ class Staging:
         return self.staged[final]
 
     def commit(self) -> None:
+        mask = umask()  # read once for the set
         for tmp in self.staged.values():
-            finish(tmp)
+            finish(tmp, mask)
         folders = {final.parent for final in self.staged}
         with _signals_held():
             for final, tmp in list(self.staged.items()):
