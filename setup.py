@@ -46,12 +46,14 @@ setup(
         # CuPy is the CUDA 13 build. TensorRT's libraries are not on PyPI (see the README's Installing).
         "gpu": ["cupy-cuda13x>=13.6", "onnxruntime-gpu>=1.27"],
         "openvino": ["openvino>=2024.0"],
+        # lnrt batch --engine ray: Ray actors, on this machine or a cluster
+        "ray": ["ray>=2.9"],
         "qc": ["Pillow>=9.2"],
         "clinical": ["highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2"],
         # torch pinned to the release this project's machines carry locally (a range would fetch the
         # newest CUDA build, several GB); any torch >= 2.1 works for the tests
         "dev": ["pytest>=7", "onnx>=1.15", "openvino>=2024.0", "torch==2.13.0", "onnxslim>=0.1.30", "safetensors>=0.4",
-                "highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2"],
+                "highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2", "ray>=2.9"],
         # the peers lnrt is checked and benchmarked against (nnU-Net's own predictor, MONAI)
         "peers": ["nnunetv2>=2.5", "monai>=1.3"],
     },

@@ -3,6 +3,7 @@
 The lean core: importing it never imports torch. See `Session` and `measure`.
 """
 from ._version import __version__
+from .batch import BatchSummary, batch
 from .errors import LnrtError
 from .imageio import ScanHeader, probe_scan, read_scan
 from .package import ModelPackage
@@ -18,5 +19,5 @@ def sample_path():
     return Path(str(resources.files("lnrt") / "data" / "sample_neck_phantom.nii.gz"))
 
 
-__all__ = ["LnrtError", "ModelPackage", "Orientation", "Result", "ScanHeader", "Session", "Volume", "measure",
-           "probe_scan", "read_scan", "sample_path", "__version__"]
+__all__ = ["BatchSummary", "LnrtError", "ModelPackage", "Orientation", "Result", "ScanHeader", "Session", "Volume", "measure",
+           "probe_scan", "read_scan", "sample_path", "batch", "__version__"]

@@ -224,6 +224,12 @@ def with_common(f):
     return out_option(f)
 
 
+def clinical_options(f):
+    for opt in reversed(clinical):
+        f = opt(f)
+    return f
+
+
 def _check_out(out: str) -> None:
     if not str(out).strip():
         raise LnrtError("--out is empty; expected an output folder (--out . for the current one)")
@@ -242,30 +248,50 @@ def _flags(save: dict) -> tuple:
     return tuple(save[k] for k in ("viewer", "qc", "dicom_seg", "dicom_sr"))
 
 
+model_options = [
+    click.option("--model", type=click.Path(), default=None, help="Model package folder (default: embedded)."),
+    click.option("--backend", type=click.Choice(BACKEND_NAMES), default="auto",
+                 show_default=True, help="auto: the first usable of " + ", ".join(BACKEND_NAMES[1:]) + "."),
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+    click.option("--variant", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True,
+                 help="Model precision; bf16 is the fp32 model with OpenVINO's bf16 hint (CPUs with bf16)."),
+    click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores)."),
+    click.option("--batch-size", type=click.IntRange(1, 256), default=None, help="Tiles per network call."),
+    click.option("--tta/--no-tta", default=None, help="Mirroring test-time augmentation (default: model's)."),
+    click.option("--max-memory-gb", type=Finite(0.1), default=None,
+                 help="Refuse volumes whose estimated peak memory is above this (default: 80% of RAM)."),
+    click.option("--no-hu-check", is_flag=True, help="Skip the check that the scan is CT in HU."),
+    click.option("--all-regions", is_flag=True,
+                 help="Report findings outside the neck too (turns off the model's neck-region rule)."),
+    click.option("--min-short-axis-px", type=Finite(0), default=None,
+                 help="Drop findings with a short axis below this many in-plane pixels (default: model's)."),
+]
+
+
+def with_model(f):
+    for opt in reversed(model_options):
+        f = opt(f)
+    return f
+
+
+def _session_options(kw: dict) -> dict:
+    """`Session`'s keyword arguments from the model options (removed from `kw`)."""
+    tta = kw.pop("tta")
+    return {"model": kw.pop("model"), "backend": kw.pop("backend"), "device": kw.pop("device"),
+            "variant": kw.pop("variant"), "threads": kw.pop("threads"), "batch_size": kw.pop("batch_size"),
+            "mirror_axes": None if tta is None else ((0, 1, 2) if tta else ()),
+            "memory_limit_gb": kw.pop("max_memory_gb"), "neck_region": not kw.pop("all_regions"),
+            "min_short_axis_px": kw.pop("min_short_axis_px")}
+
+
 @cli.command()
 @click.argument("scan", type=click.Path(exists=False))
-@click.option("--model", type=click.Path(), default=None, help="Model package folder (default: embedded).")
-@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="auto",
-              show_default=True, help="auto: the first usable of " + ", ".join(BACKEND_NAMES[1:]) + ".")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True,
-              help="Model precision; bf16 is the fp32 model with OpenVINO's bf16 hint (CPUs with bf16).")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=None, help="Tiles per network call.")
-@click.option("--tta/--no-tta", default=None, help="Mirroring test-time augmentation (default: model's).")
+@with_model
 @click.option("--series", "series_uid", default=None,
               help="DICOM SeriesInstanceUID to use from a folder (UID:axial, UID:coronal, ... when one series "
                    "mixes orientations; the error lists the choices).")
-@click.option("--max-memory-gb", type=Finite(0.1), default=None,
-              help="Refuse volumes whose estimated peak memory is above this (default: 80% of RAM).")
-@click.option("--no-hu-check", is_flag=True, help="Skip the check that the scan is CT in HU.")
-@click.option("--all-regions", is_flag=True,
-              help="Report findings outside the neck too (turns off the model's neck-region rule).")
-@click.option("--min-short-axis-px", type=Finite(0), default=None,
-              help="Drop findings with a short axis below this many in-plane pixels (default: model's).")
 @with_common
-def infer(scan, model, backend, device, variant, threads, batch_size, tta, series_uid, max_memory_gb,
-          no_hu_check, all_regions, min_short_axis_px, out, overwrite, quiet, as_json, **kw):
+def infer(scan, series_uid, no_hu_check, out, overwrite, quiet, as_json, **kw):
     """Segment and measure the lymph nodes of SCAN (an image file or a DICOM folder)."""
     from pathlib import Path
 
@@ -274,6 +300,7 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
     from .session import Session
 
     save = _save_options(kw)
+    options = _session_options(kw)
     _quiet_logs(quiet or as_json)
     _check_out(out)
     if series_uid is not None and Path(scan).is_file():
@@ -281,13 +308,79 @@ def infer(scan, model, backend, device, variant, threads, batch_size, tta, serie
                         "DICOM folder (or drop --series)")
     header = probe_scan(scan, series_uid)  # every check the headers allow, before the model is loaded
     plan(out, stem_of(scan), overwrite, (scan,), header.kind == "dicom", *_flags(save), has_uids=header.has_uids)
-    mirror = None if tta is None else ((0, 1, 2) if tta else ())
-    with Session(model, backend=backend, device=device, variant=variant, threads=threads,
-                 batch_size=batch_size, mirror_axes=mirror, memory_limit_gb=max_memory_gb,
-                 neck_region=not all_regions, min_short_axis_px=min_short_axis_px) as session:
+    with Session(**options) as session:
         progress = Progress(not (quiet or as_json))
         result = session.run(header, check_hu=not no_hu_check, progress=progress)
     _finish(result, out, overwrite, as_json, quiet, save, progress)
+
+
+class BatchPrinter:
+    """A batch's progress on stderr: after each finished scan, the counts, the throughput and the time
+    left (a redrawn line on a terminal; one line per scan otherwise, so a log keeps every scan)."""
+
+    def __init__(self, enabled: bool, tty: bool | None = None):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty() if tty is None else tty
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        c = p.counts
+        rate = f"{60.0 * p.finished / p.elapsed_s:.1f} scans/min" if p.elapsed_s > 0 else ""
+        eta = f", about {p.eta_s:.0f} s left" if p.eta_s is not None and p.remaining else ""
+        counts = f"{c['done']} done, {c['failed']} failed, {c['skipped']} skipped"
+        if self.tty:
+            text = f"[{p.finished}/{p.finished + p.remaining}] {counts}; {rate}{eta}"
+            click.echo(f"\r{text:<79}", err=True, nl=False)
+            Progress.active = self
+        else:
+            click.echo(f"batch: [{p.finished}/{p.finished + p.remaining}] {p.name}: {p.status}; {counts}; "
+                       f"{rate}{eta}", err=True)
+
+    def finish(self) -> None:
+        if self.enabled and self.tty:
+            Progress.clear()
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=False))
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True,
+              help="The batch folder: per-scan outputs, the ledger (batch.sqlite), batch.csv and batch.json.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes here; ray: Ray actors (pip install 'lnrt[ray]').")
+@click.option("--workers", type=click.IntRange(1, 4096), default=None,
+              help="Workers, each holding one loaded model (default: one per GPU, else one).")
+@click.option("--address", default=None, help="Ray: join this cluster (HEAD:PORT; default: a local Ray instance).")
+@click.option("--cpus-per-worker", type=click.IntRange(1), default=None,
+              help="Ray: CPUs per actor on a CPU cluster (default: this machine's cores, or CPUs / workers).")
+@click.option("--retry-failed", is_flag=True, help="Run the failed scans of an earlier run again.")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Workers that may die on one scan before it is failed.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress or warnings on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print batch.json's summary (without the rows) on stdout.")
+@with_model
+@clinical_options
+def batch(inputs, out, engine, workers, address, cpus_per_worker, retry_failed, max_attempts, quiet, as_json,
+          no_hu_check, **kw):
+    """Run every scan of INPUTS (image files, folders searched recursively for image files and DICOM
+    series, manifests .csv/.txt) into OUT, resumably. Exit status 0 when every scan is done or skipped,
+    3 when some failed, 130 when stopped."""
+    from .batch import batch as run_batch
+
+    save = _save_options(kw)
+    options = _session_options(kw)
+    _quiet_logs(quiet or as_json)
+    _check_out(out)
+    printer = BatchPrinter(not (quiet or as_json))
+    summary = run_batch(list(inputs), out, engine=engine, workers=workers, address=address,
+                        cpus_per_worker=cpus_per_worker, retry_failed=retry_failed, max_attempts=max_attempts,
+                        check_hu=not no_hu_check, progress=printer, save_options=save, **options)
+    printer.finish()
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in summary.summary.items() if k != "scans"}, indent=2))
+    elif not quiet or summary.interrupted:
+        click.echo(("stopped: " if summary.interrupted else "") + summary.line())
+    return 130 if summary.interrupted else 0 if summary.ok else 3
 
 
 @cli.command()
@@ -672,7 +765,7 @@ def main(argv=None) -> int:
 
 def _run(args: list, debug: bool) -> int:
     try:
-        cli.main(args=[str(a) for a in args], prog_name="lnrt", standalone_mode=False)
+        status = cli.main(args=[str(a) for a in args], prog_name="lnrt", standalone_mode=False)
     except LnrtError as exc:
         Progress.clear()
         click.echo(f"lnrt: error: {exc}", err=True)
@@ -691,7 +784,7 @@ def _run(args: list, debug: bool) -> int:
     except Exception as exc:  # noqa: BLE001 (the last line of defence: a bug prints one line, not a trace)
         Progress.clear()
         return _internal_error(exc, debug)
-    return 0
+    return status if isinstance(status, int) else 0  # a command's own status (lnrt batch: 3, 130)
 
 
 def entry() -> None:
