@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ._version import __version__
-from .batch_engines import Died, LocalEngine, RayEngine, WorkerSpec
+from .batch_engines import Cancelled, Died, LocalEngine, RayEngine, WorkerSpec, visible_gpus
 from .batch_work import ListJob, ScanJob, signature
 from .errors import LnrtError
 from .imageio import IMAGE_SUFFIXES
@@ -82,11 +82,11 @@ def walk(folder: Path, skip: Path | None = None) -> tuple[list, list]:
     """(image files, folders holding DICOM) under `folder`, sorted; hidden entries and `skip` (the batch's
     own output folder) left out."""
     images, dicom = [], []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(canonical(folder)):
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
         files = sorted(f for f in files if not f.startswith("."))
-        images += [here / f for f in files if _is_image(f) and (here / f).is_file()]
+        images += [canonical(here / f) for f in files if _is_image(f) and (here / f).is_file()]
         if _holds_dicom(here, [f for f in files if not _is_image(f)]):
             dicom.append(here)
     return images, dicom
@@ -104,13 +104,14 @@ def _manifest_rows(path: Path) -> list:
     if path.suffix.lower() == ".txt":
         return [(i, ln.split("\t")) for i, ln in lines]
     rows = [(i, r) for (i, _), r in zip(lines, csv.reader(io.StringIO("\n".join(ln for _, ln in lines))))]
-    if rows and [c.strip().lower() for c in rows[0][1]][:1] == ["path"]:
-        header = [c.strip().lower() for c in rows[0][1]]
-        unknown = sorted(set(header) - {"path", "name", "series"})
-        if unknown:
-            raise LnrtError(f"{path}: line {rows[0][0]}: unknown column {unknown[0]!r}; expected path, name, series")
-        return [(i, [dict(zip(header, r)).get(k, "") for k in ("path", "name", "series")]) for i, r in rows[1:]]
-    return rows
+    header = [c.strip().lower() for c in rows[0][1]] if rows else []
+    if not {"path", "name", "series"} & set(header):
+        return rows  # headerless: path, name, series
+    unknown = sorted(set(header) - {"path", "name", "series"})
+    if unknown or "path" not in header:
+        raise LnrtError(f"{path}: line {rows[0][0]}: {f'unknown column {unknown[0]!r}' if unknown else 'no path column'}"
+                        "; expected a header of path and optional name, series columns")
+    return [(i, [dict(zip(header, r)).get(k, "") for k in ("path", "name", "series")]) for i, r in rows[1:]]
 
 
 def _check_name(name: str, where: str) -> str:
@@ -130,11 +131,12 @@ def read_manifest(path: Path) -> list:
         if not fields[0]:
             raise LnrtError(f"{path}: line {line}: no path; expected one scan path a line")
         name = _check_name(fields[1], f"{path}: line {line}") if fields[1] else None
-        if name in names:
-            raise LnrtError(f"{path}: line {line}: name {name!r} is already used on line {names[name]}; "
+        if name is not None and name.lower() in names:
+            raise LnrtError(f"{path}: line {line}: name {name!r} is already used on line {names[name.lower()]}; "
                             "expected one name per scan")
-        names[name] = line
-        out.append(((path.parent / fields[0]).absolute(), fields[2] or None, name))
+        if name is not None:
+            names[name.lower()] = line
+        out.append((canonical(path.parent / fields[0]), fields[2] or None, name))
     if not out:
         raise LnrtError(f"{path}: the manifest lists no scan; expected one scan path a line")
     return out
@@ -146,7 +148,7 @@ def discover(inputs: list, skip: Path | None = None) -> Found:
     file a manifest names becomes a failed scan (an archive's one bad row must not stop the rest)."""
     scans, folders, tops = [], [], []
     for raw in inputs:
-        p = Path(raw).absolute()
+        p = canonical(raw)
         if not p.exists():
             raise LnrtError(f"{raw}: no such file or folder; expected image files, folders or a manifest "
                             f"({', '.join(MANIFEST_SUFFIXES)})")
@@ -163,7 +165,22 @@ def discover(inputs: list, skip: Path | None = None) -> Found:
             scans.append((p, None, None))
             tops.append(p)
     base = Path(os.path.commonpath([str(t.parent) for t in tops])) if tops else Path.cwd()
-    return Found(scans, folders, base)
+    return Found(_first_of_each(scans, lambda r: (r[0], r[1])), _first_of_each(folders, lambda f: f), base)
+
+
+def canonical(path) -> Path:
+    """The one spelling of a path (absolute, `..` and symbolic links resolved): the ledger's key, so a
+    scan reached twice (a folder and a manifest, a link) is one scan."""
+    return Path(os.path.realpath(path))
+
+
+def _first_of_each(items: list, key) -> list:
+    seen, out = set(), []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            out.append(item)
+    return out
 
 
 # -- names -------------------------------------------------------------------------------------------
@@ -204,10 +221,18 @@ def plan_jobs(found: Found, ledger: Ledger) -> tuple[list, list]:
     for path, series, name in found.scans:
         key = str(path) + (f"#{series}" if series else "")
         scans.append(ScanJob(key, str(path), series,
-                             known.get(key) or unique(name or output_name(path, found.base), used)))
+                             known.get(key) or unique(_inside(name or output_name(path, found.base)), used)))
     for path in found.folders:
-        folders.append(ListJob(str(path), known.get(str(path)) or unique(output_name(path, found.base), used)))
+        folders.append(ListJob(str(path), known.get(str(path)) or unique(_inside(output_name(path, found.base)), used)))
     return scans, folders
+
+
+def _inside(name: str) -> str:
+    """A name that stays inside the batch folder (default names always do: they are relative to a common
+    parent of canonical paths; this is the check that it stays so)."""
+    if name.startswith("/") or ".." in Path(name).parts:
+        raise LnrtError(f"{name}: output name leaves the batch folder; expected a relative name")
+    return name
 
 
 def series_jobs(job: ListJob, listing: list, used: set) -> tuple[list, list]:
@@ -248,10 +273,15 @@ class _Stop:
             log.warning("batch: stopping: no new scans; the running ones finish (interrupt again to stop now)")
 
     def __enter__(self):
+        self.install()
+        return self
+
+    def install(self) -> None:
+        """Take SIGINT and SIGTERM (again: `ray.init` installs its own SIGTERM handler)."""
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
-                self.saved[s] = signal.signal(s, self)
-        return self
+                previous = signal.signal(s, self)
+                self.saved.setdefault(s, previous)
 
     def __exit__(self, *exc):
         for s, handler in self.saved.items():
@@ -319,14 +349,13 @@ def _settle_listing(run: _Run, job: ListJob, outcome) -> None:
             return
         outcome = {"series": [], "error": f"{job.path}: {outcome.reason}, while listing its DICOM series"}
     scans, skipped = series_jobs(job, outcome["series"], run.used)
-    if outcome["error"]:  # the folder could not be listed: one failed row says so
-        failed = ScanJob(job.path, job.path, None, job.name)
-        run.ledger.listed(job.path, [failed], [])
-        run.ledger.record(failed.key, {"status": "failed", "error": outcome["error"]})
-        log.warning("%s", outcome["error"])
+    if outcome["error"]:  # the folder could not be listed, or holds no image series: its one row says so
+        status = outcome.get("status", "failed")
+        run.ledger.listed(job.path, [], [(ScanJob(job.path, job.path, None, job.name), status, outcome["error"])])
+        if status == "failed":
+            log.warning("%s", outcome["error"])
         return
-    run.ledger.listed(job.path, scans, skipped)
-    run.queue.extend(scans)
+    run.queue.extend(run.ledger.listed(job.path, scans, [(j, "skipped", why) for j, why in skipped]))  # only the new ones: a manifest may name one too
 
 
 def _drive(run: _Run, stop: _Stop) -> None:
@@ -475,7 +504,7 @@ def _local_gpus(device: str) -> list:
 
 
 def _local_engine(spec: WorkerSpec, workers: int | None, options: dict) -> LocalEngine:
-    gpus = _local_gpus(spec.session_options.get("device", "auto"))
+    gpus = visible_gpus(len(_local_gpus(spec.session_options.get("device", "auto"))))
     n = workers or len(gpus) or 1  # on a CPU one worker: the backend already uses every core
     if not gpus and spec.session_options.get("threads") is None:
         spec = WorkerSpec(spec.out_dir, {**spec.session_options, "threads": max(1, (os.cpu_count() or 1) // n)},
@@ -502,6 +531,17 @@ def _check_out(out: Path, inputs: list) -> None:
         if p.is_dir() and (resolved == p or p in resolved.parents):
             raise LnrtError(f"{out}: is inside the input folder {raw}; a batch never writes into its inputs: "
                             "choose an --out folder outside them")
+        if resolved in p.parents:
+            raise LnrtError(f"{raw}: is inside the batch folder {out}; its outputs would become inputs: "
+                            "choose an --out folder outside the inputs")
+
+
+def _changed(path: str, before: str | None) -> bool:
+    """Whether a done scan's input changed since (a vanished or unreadable input did not: its row stays)."""
+    try:
+        return bool(before) and signature(path) != before
+    except OSError:
+        return False
 
 
 def _prepare(out: Path, inputs: list, settings: dict, retry_failed: bool) -> tuple:
@@ -515,7 +555,7 @@ def _prepare(out: Path, inputs: list, settings: dict, retry_failed: bool) -> tup
     except OSError as exc:
         raise LnrtError(f"{out}: cannot create the batch folder ({exc.strerror or exc}); expected a writable "
                         "--out folder") from None
-    fd = _lock(out)
+    fd, ledger = _lock(out), None
     try:
         _remove_stale_parts(out)
         ledger = Ledger(out / LEDGER_NAME)
@@ -523,13 +563,14 @@ def _prepare(out: Path, inputs: list, settings: dict, retry_failed: bool) -> tup
         scans, folders = plan_jobs(found, ledger)
         ledger.add(scans, folders)
         ledger.resume(retry_failed)
-        changed = [r["key"] for r in ledger.done_signatures()
-                   if Path(r["input"]).exists() and r["signature"] and signature(r["input"]) != r["signature"]]
+        changed = [r["key"] for r in ledger.done_signatures() if _changed(r["input"], r["signature"])]
         if changed:
             log.warning("batch: %d done scan(s) changed on disk since; running them again", len(changed))
             ledger.redo(changed)
         pending, unlisted = ledger.todo()
     except BaseException:
+        if ledger is not None:
+            ledger.close()
         os.close(fd)
         raise
     queue = deque([ListJob(f["path"], f["name"]) for f in unlisted]
@@ -567,15 +608,35 @@ def batch(inputs, out, *, engine: str = "local", workers: int | None = None, add
         if queue:
             run.engine = ENGINES[engine](WorkerSpec(str(out), session_options, save, check_hu), workers,
                                          {"address": address, "cpus_per_worker": cpus_per_worker})
-            run.engine.start()
-            with stop:
-                _drive(run, stop)
+            with stop:  # a Ctrl-C while the models load is a stop too
+                try:
+                    run.engine.start(cancelled=lambda: stop.stopping)
+                    stop.install()
+                    _drive(run, stop)
+                except Cancelled:
+                    pass
         return _finish(run, out, settings, stop)
+    except BaseException:
+        if run.engine is not None:  # a failure of the driver itself: the workers go now
+            run.engine.stop(now=True)
+            run.engine = None
+        _summary_anyway(run, out, settings)
+        raise
     finally:
         if run.engine is not None:
             run.engine.stop(now=stop.now)
         ledger.close()
         os.close(fd)
+
+
+def _summary_anyway(run: _Run, out: Path, settings: dict) -> None:
+    """The driver failed (a worker that cannot start, a bug): the running scans go back to pending and
+    the summary files say where the batch stands, before the error reaches the caller."""
+    try:
+        run.ledger.resume(False)
+        write_summary(out, run.ledger, settings, time.perf_counter() - run.t0, run.finished)
+    except Exception:  # noqa: BLE001 (the original error is the one to report)
+        log.debug("batch: could not write the summary after an error", exc_info=True)
 
 
 def _finish(run: _Run, out: Path, settings: dict, stop: _Stop) -> BatchSummary:

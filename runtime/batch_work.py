@@ -104,15 +104,27 @@ class Worker:
         return self.list(job) if isinstance(job, ListJob) else self.scan(job)
 
     def list(self, job: ListJob) -> dict:
-        """The image series of a DICOM folder, from the headers (no pixel decoded)."""
-        from .dicom_in import list_dicom_series
+        """The image series of a DICOM folder, from the headers (no pixel decoded). No image series:
+        `skipped` when every file was read (only non-image objects: SR, RTSTRUCT, SEG), else `failed`
+        with the first unreadable file's reason."""
+        from .dicom_in import list_dicom_series, unreadable_files
 
         try:
             series = [{k: e[k] for k in ("uid", "modality", "slices", "orientation")}
                       for e in list_dicom_series(Path(job.path))]
+            if series:
+                return {"path": job.path, "series": series, "error": None}
+            bad = unreadable_files(Path(job.path))
         except (LnrtError, OSError) as exc:
             return {"path": job.path, "series": [], "error": str(exc)}
-        return {"path": job.path, "series": series, "error": None}
+        except Exception as exc:  # noqa: BLE001 (a bug on one folder must not take the batch down)
+            return {"path": job.path, "series": [], "error": f"{job.path}: internal error listing its series: "
+                                                            f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
+        if bad:
+            return {"path": job.path, "series": [], "error": f"{job.path}: no DICOM image series; {len(bad)} "
+                    f"file(s) could not be read as DICOM, e.g. {bad[0][0]}: {bad[0][1]}"}
+        return {"path": job.path, "series": [], "status": "skipped",
+                "error": f"{job.path}: holds no DICOM image series (only non-image objects such as SR or RTSTRUCT)"}
 
     def scan(self, job: ScanJob) -> dict:
         """Run one scan and write its outputs; a failure is a result with its reason, never a raise."""
@@ -121,8 +133,8 @@ class Worker:
         t0 = time.perf_counter()
         out = {"key": job.key, "worker": self.id, "status": "failed", "outputs": {}}
         try:
+            header = probe_scan(job.input, job.series)  # a missing input is its one-line error
             out["signature"] = signature(job.input)
-            header = probe_scan(job.input, job.series)
             out["sha256"] = input_sha256(header)
             result = self.session.run(header, check_hu=self.check_hu)
             name = Path(job.name)
@@ -135,6 +147,8 @@ class Worker:
                        outputs={k: str(Path(p).relative_to(self.out_dir)) for k, p in paths.items()})
         except LnrtError as exc:
             out["error"] = str(exc)
+        except OSError as exc:  # the input vanished or became unreadable while it was read
+            out["error"] = f"{job.input}: cannot read it ({exc.strerror or exc}); expected a readable scan"
         except MemoryError:
             out["error"] = f"{job.input}: ran out of memory; expected a smaller scan or a machine with more memory"
         except Exception as exc:  # noqa: BLE001 (a bug on one scan must not take the batch down)

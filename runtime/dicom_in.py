@@ -412,6 +412,11 @@ def list_dicom_series(folder: Path) -> list[dict]:
     return [_as_dict(e) for e in _group(slices)]
 
 
+def unreadable_files(folder: Path) -> list:
+    """(name, reason) of the folder's files that could not be read as DICOM (not recursive)."""
+    return _scan_folder(Path(folder))[1]
+
+
 def _as_dict(e: _Entry) -> dict:
     return {"uid": e.uid, "files": [str(s.path) for s in _sorted_along_normal(e)], "modality": e.modality,
             "study_uid": e.study_uid, "series_uid": e.series_uid, "orientation": e.orientation,
@@ -650,7 +655,8 @@ def _nothing_here(folder: Path) -> str | None:
     if images:
         shown = ", ".join(images[:3]) + (", ..." if len(images) > 3 else "")
         return (f"it holds {len(images)} image file{'s' * (len(images) > 1)} ({shown}), not a DICOM series; "
-                f"give one file (lnrt infer {folder / images[0]})")
+                f"give one file (lnrt infer {folder / images[0]}), or run them all with "
+                f"lnrt batch {folder} --out DIR")
     found = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         slices, _ = _scan_folder(sub)
@@ -663,7 +669,8 @@ def _nothing_here(folder: Path) -> str | None:
     listed = "; ".join(found[:SUBFOLDERS_LISTED]) + (f"; and {len(found) - SUBFOLDERS_LISTED} more"
                                                      if len(found) > SUBFOLDERS_LISTED else "")
     return (f"{len(found)} DICOM series in its subfolders: {listed}; give one subfolder "
-            f"(lnrt infer {folder / found[0].split(' (')[0]})")
+            f"(lnrt infer {folder / found[0].split(' (')[0]}), or run them all with "
+            f"lnrt batch {folder} --out DIR")
 
 
 def read_dicom_series(series: DicomSeries) -> tuple[Volume, ScanInfo]:

@@ -104,15 +104,21 @@ class Ledger:
             db.executemany("INSERT OR IGNORE INTO folders (path, name) VALUES (?, ?)",
                            [(f.path, f.name) for f in folders])
 
-    def listed(self, folder: str, scans: list, skipped: list) -> None:
-        """A DICOM folder's series, found by a worker: its scans and its skipped series, in one step."""
+    def listed(self, folder: str, scans: list, closed: list) -> list:
+        """A DICOM folder's listing, found by a worker, in one step: its scans (pending) and the rows that
+        are settled already, as (job, status, reason): series skipped, or the folder failed. Returns the
+        scans that are new (a series a manifest also named already has its row)."""
+        new = []
         with self.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO scans (key, input, series, name, status) VALUES (?, ?, ?, ?, "
-                           "'pending')", [(j.key, j.input, j.series, j.name) for j in scans])
+            for j in scans:
+                if db.execute("INSERT OR IGNORE INTO scans (key, input, series, name, status) VALUES (?, ?, ?, ?, "
+                              "'pending')", (j.key, j.input, j.series, j.name)).rowcount:
+                    new.append(j)
             db.executemany("INSERT OR IGNORE INTO scans (key, input, series, name, status, error, finished_at) "
-                           "VALUES (?, ?, ?, ?, 'skipped', ?, ?)",
-                           [(j.key, j.input, j.series, j.name, why, time.time()) for j, why in skipped])
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(j.key, j.input, j.series, j.name, status, why, time.time()) for j, status, why in closed])
             db.execute("UPDATE folders SET listed = 1 WHERE path = ?", (folder,))
+        return new
 
     def names(self) -> set:
         """Every output name taken (scans and DICOM folders), so a new one never collides."""
@@ -130,7 +136,11 @@ class Ledger:
         many were reset."""
         with self.transaction() as db:
             n = db.execute("UPDATE scans SET status = 'pending', worker = NULL WHERE status = 'running'").rowcount
-            if retry_failed:
+            if retry_failed:  # a folder whose listing failed is listed again, not run as one scan
+                relist = "key IN (SELECT path FROM folders)"
+                n += db.execute(f"DELETE FROM scans WHERE status = 'failed' AND {relist}").rowcount
+                db.execute("UPDATE folders SET listed = 0 WHERE path NOT IN (SELECT key FROM scans) AND path NOT IN "
+                           "(SELECT input FROM scans)")
                 n += db.execute("UPDATE scans SET status = 'pending', attempts = 0, error = NULL "
                                 "WHERE status = 'failed'").rowcount
         return n

@@ -118,9 +118,13 @@ def test_discovery_finds_image_files_and_dicom_folders_and_names_mirror_the_tree
 
 def test_manifest_forms_and_their_errors(tmp_path):
     _small(tmp_path / "x/one.nii.gz")
-    (tmp_path / "m.csv").write_text("path,name\nx/one.nii.gz,site1/p1\n# a comment\n\nmissing.nii.gz,\n")
+    (tmp_path / "m.csv").write_text("path,name\nx/one.nii.gz,site1/p1\n# a comment\n\nmissing.nii.gz,\n"
+                                    "x/../x/two.nii.gz,\n")
     rows = read_manifest(tmp_path / "m.csv")
-    assert rows == [(tmp_path / "x/one.nii.gz", None, "site1/p1"), (tmp_path / "missing.nii.gz", None, None)]
+    assert rows == [(tmp_path / "x/one.nii.gz", None, "site1/p1"), (tmp_path / "missing.nii.gz", None, None),
+                    (tmp_path / "x/two.nii.gz", None, None)]  # unnamed rows: as many as wanted
+    (tmp_path / "swapped.csv").write_text("name,path\np1,x/one.nii.gz\n")
+    assert read_manifest(tmp_path / "swapped.csv") == [(tmp_path / "x/one.nii.gz", None, "p1")]
     (tmp_path / "h.csv").write_text("x/one.nii.gz,p1,1.2.3\n")
     assert read_manifest(tmp_path / "h.csv") == [(tmp_path / "x/one.nii.gz", "1.2.3", "p1")]
     (tmp_path / "t.txt").write_text("x/one.nii.gz\tp 1\n")
@@ -128,6 +132,8 @@ def test_manifest_forms_and_their_errors(tmp_path):
     for text, words in [("path,name\na.nii.gz,../up\n", "line 2: output name '../up'"),
                         ("path,name\na.nii.gz,n\nb.nii.gz,n\n", "line 3: name 'n' is already used on line 2"),
                         ("path,nmae\na.nii.gz,n\n", "unknown column 'nmae'"),
+                        ("name,series\nn,1.2\n", "no path column"),
+                        ("path,name\na.nii.gz,N\nb.nii.gz,n\n", "line 3: name 'n' is already used on line 2"),
                         ("# nothing\n", "lists no scan")]:
         (tmp_path / "bad.csv").write_text(text)
         with pytest.raises(LnrtError, match=words.replace("(", r"\(").replace(".", r"\.")):
@@ -141,12 +147,39 @@ def test_user_errors_are_one_line_before_any_work(tmp_path, run_cli, capsys, pla
     cases = [([tmp_path / "nope"], tmp_path / "o1", "no such file or folder"),
              ([root], root / "results", "is inside the input folder"),
              ([tmp_path / "empty.txt"], tmp_path / "o2", "lists no scan"),
-             ([tmp_path / "empty"], tmp_path / "o3", "no scans found")]
+             ([tmp_path / "empty"], tmp_path / "o3", "no scans found"),
+             ([tmp_path / "o5" / "in"], tmp_path / "o5", "is inside the batch folder")]
+    _small(tmp_path / "o5" / "in" / "x.nii.gz")
     for inputs, out, words in cases:
         assert run_cli("batch", *inputs, "--out", out, "--model", placeholder_package) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
-        assert not out.exists()  # refused before anything was made
+        assert not (out / "batch.sqlite").exists()  # refused before anything was made
+
+
+def test_one_scan_reached_twice_is_one_scan_and_names_stay_inside(tmp_path, placeholder_package):
+    _small(tmp_path / "w/a/x.nii.gz")
+    _small(tmp_path / "w/b/y.nii.gz", x0=9)
+    (tmp_path / "w/link").symlink_to(tmp_path / "w/a")
+    (tmp_path / "w/m").mkdir()
+    (tmp_path / "w/m/list.txt").write_text("../a/x.nii.gz\n../link/x.nii.gz\nmissing.nii.gz\n")
+    out = tmp_path / "out"
+    summary = lnrt.batch([tmp_path / "w/a", tmp_path / "w/m/list.txt", tmp_path / "w/b"], out,
+                         model=placeholder_package, threads=1)
+    rows = {r["name"]: r for r in _rows(out)}
+    assert set(rows) == {"a/x", "b/y", "m/missing"}, rows  # one row for x, whichever way it was reached
+    assert summary.counts["done"] == 2 and rows["m/missing"]["status"] == "failed"
+    assert rows["m/missing"]["error"].endswith("no such file or folder; expected a CT image file or a DICOM folder")
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob("*"))
+
+
+def test_visible_gpus_keep_the_parents_choice(monkeypatch):
+    from lnrt.batch_engines import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert visible_gpus(2) == ["2", "3"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus(3) == ["0", "1", "2"] and visible_gpus(0) == []
 
 
 # -- the local engine ----------------------------------------------------------------------------
@@ -223,6 +256,41 @@ def test_dicom_series_are_one_scan_each_and_other_modalities_are_skipped(tmp_pat
     assert summary.counts["done"] == 3 and summary.counts["skipped"] == 1 and summary.ok
     report = json.loads((tmp_path / "out/arch/study/two.1-3680043-8-498-101.report.json").read_text())
     assert report["input"]["series_uid"] == uid_a
+
+
+def test_dicom_folders_without_image_series_are_one_row_and_a_retry_lists_them_again(tmp_path, placeholder_package):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_dicom_series import write_series
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    root = tmp_path / "arch"
+    (root / "broken").mkdir(parents=True)
+    (root / "broken/a.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 7)  # cut in its meta header
+    (root / "sr").mkdir()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR: not an image
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SR", generate_uid(), generate_uid()
+    ds.save_as(str(root / "sr/report.dcm"), enforce_file_format=True)
+    out = tmp_path / "out"
+    summary = lnrt.batch([root], out, model=placeholder_package, threads=1)
+    rows = {r["name"]: r for r in _rows(out)}
+    assert set(rows) == {"arch/broken", "arch/sr"}
+    assert rows["arch/broken"]["status"] == "failed"
+    assert "could not be read as DICOM, e.g. a.dcm" in rows["arch/broken"]["error"]
+    assert rows["arch/sr"]["status"] == "skipped" and "holds no DICOM image series" in rows["arch/sr"]["error"]
+    assert summary.counts == {"pending": 0, "running": 0, "done": 0, "failed": 1, "skipped": 1}
+    (root / "broken/a.dcm").unlink()
+    write_series(root / "broken", n=12)  # repaired: --retry-failed lists the folder again
+    summary = lnrt.batch([root], out, model=placeholder_package, threads=1, retry_failed=True)
+    rows = {r["name"]: r for r in _rows(out)}
+    assert rows["arch/broken"]["status"] == "done" and rows["arch/broken"]["series"]
+    assert summary.ok
 
 
 def _full_size_archive(root: Path, n: int) -> Path:
@@ -402,3 +470,31 @@ def test_ray_engine_on_a_local_cluster_with_a_worker_killed_mid_run(tmp_path, ra
     assert len(killed) == 1 and sum(r["attempts"] for r in rows) == 1
     assert len({r["worker"] for r in rows}) >= 2  # two actors shared the work
     assert all((out / f"{r['name']}.nodes.nii.gz").is_file() for r in rows)
+
+
+def test_infer_on_a_folder_of_image_files_points_at_batch(tmp_path, run_cli, capsys):
+    for i in range(2):
+        _small(tmp_path / f"scans/p{i}.nii.gz", x0=5 * i)
+    assert run_cli("infer", tmp_path / "scans", "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"lnrt batch {tmp_path / 'scans'} --out DIR" in err
+
+
+def test_progress_lines_say_counts_throughput_and_time_left(capsys):
+    from lnrt.batch import BatchProgress
+    from lnrt.cli import BatchPrinter
+
+    p = BatchProgress(finished=3, remaining=9, counts={"done": 2, "failed": 1, "skipped": 0, "pending": 9,
+                                                       "running": 0}, elapsed_s=30.0, name="arch/p3",
+                      status="failed", error="bad")
+    assert p.eta_s == 90.0
+    BatchPrinter(True, tty=False)(p)
+    assert capsys.readouterr().err == ("batch: [3/12] arch/p3: failed; 2 done, 1 failed, 0 skipped; "
+                                       "6.0 scans/min, about 90 s left\n")
+    printer = BatchPrinter(True, tty=True)
+    printer(p)
+    printer.finish()
+    err = capsys.readouterr().err
+    assert err.startswith("\r[3/12] 2 done, 1 failed, 0 skipped; 6.0 scans/min, about 90 s left") and err.endswith("\r")
+    BatchPrinter(False)(p)
+    assert capsys.readouterr().err == ""
