@@ -48,12 +48,15 @@ setup(
         "openvino": ["openvino>=2024.0"],
         # lnrt batch --engine ray: Ray actors, on this machine or a cluster
         "ray": ["ray>=2.9"],
+        # lnrt serve: the DICOM node (pynetdicom), its SEG and SR (highdicom); TOML through tomllib (3.11+)
+        "serve": ["pynetdicom>=2.0", "highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2", "tomli>=2; python_version<'3.11'"],
         "qc": ["Pillow>=9.2"],
         "clinical": ["highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2"],
         # torch pinned to the release this project's machines carry locally (a range would fetch the
         # newest CUDA build, several GB); any torch >= 2.1 works for the tests
         "dev": ["pytest>=7", "onnx>=1.15", "openvino>=2024.0", "torch==2.13.0", "onnxslim>=0.1.30", "safetensors>=0.4",
-                "highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2", "ray>=2.9"],
+                "highdicom>=0.22", "pydicom>=2.4", "Pillow>=9.2", "ray>=2.9",
+                "pynetdicom>=2.0", "tomli>=2; python_version<'3.11'"],
         # the peers lnrt is checked and benchmarked against (nnU-Net's own predictor, MONAI)
         "peers": ["nnunetv2>=2.5", "monai>=1.3"],
     },

@@ -384,6 +384,44 @@ def batch(inputs, out, engine, workers, address, cpus_per_worker, retry_failed, 
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML configuration ([node], [model], [[destinations]]; see docs/serve.toml).")
+@click.option("--spool", type=click.Path(file_okay=False), default=None,
+              help="Folder for received instances, results and the job store.")
+@click.option("--ae-title", default=None, help="This node's AE title (default LNRT).")
+@click.option("--host", default=None, help="Address to listen on (default 0.0.0.0).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="DICOM port (default 11112).")
+@click.option("--allow", "allowed", multiple=True, help="A calling AE title allowed to connect (repeat; default any).")
+@click.option("--destination", "destinations", multiple=True, help="Where results go, AE@HOST:PORT (repeat).")
+@click.option("--quiet-seconds", type=Finite(0), default=None,
+              help="A series is complete after this long without a new instance (default 10).")
+@click.option("--spool-quota-gb", type=Finite(0.001), default=None,
+              help="Refuse new instances above this much spooled data (default 50).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /health, /ready and /metrics on 127.0.0.1 at this port (default: off).")
+@click.option("--model", type=click.Path(), default=None, help="Model package folder (default: embedded).")
+@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None)
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default=None)
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+@click.option("--quiet", "-q", is_flag=True, help="Warnings only on stderr (default: a line per event).")
+def serve(config_path, spool, ae_title, host, port, allowed, destinations, quiet_seconds, spool_quota_gb,
+          http_port, model, variant, backend, threads, quiet):
+    """Run a DICOM node: receive CT series (C-STORE), send their DICOM SEG and SR to the destinations."""
+    from .serve import ServeConfig, serve as run_serve
+
+    if not quiet:
+        logging.getLogger("lnrt").setLevel(logging.INFO)
+    cfg = ServeConfig.load(config_path, spool=spool, ae_title=ae_title, host=host, port=port,
+                           allowed_calling_aes=tuple(allowed), destinations=tuple(destinations),
+                           quiet_seconds=quiet_seconds, spool_quota_gb=spool_quota_gb, http_port=http_port)
+    options = {k: v for k, v in {"model": model, "variant": variant, "backend": backend, "threads": threads}.items()
+               if v is not None}
+    if options:
+        cfg = ServeConfig(**{**cfg.__dict__, "session_options": {**cfg.session_options, **options}})
+    run_serve(cfg)
+
+
+@cli.command()
 @click.argument("labels", type=click.Path(exists=False))
 @click.option("--image", type=click.Path(exists=False), default=None,
               help="The CT the labels belong to (for mean HU).")

@@ -93,8 +93,24 @@ def _algorithm(model: dict) -> tuple:
             f"lnrt {__version__}; model {model.get('version', '?')} {model.get('variant', '')}".strip())
 
 
+def derived_uid(seed: str, purpose: str) -> str:
+    """A UID that is the same every time for the same (seed, purpose): `2.25.` and 128 bits of the
+    sha256 of both (DICOM PS3.5 B.2, the UUID-derived root). `lnrt serve` seeds with the source series
+    UID and the model's sha256, so a result made again (a job re-run after a restart) re-stores the same
+    instances at the PACS instead of adding duplicates."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}|{purpose}".encode("utf-8")).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+def _uid(hd, seed: str | None, purpose: str):
+    return hd.UID(derived_uid(seed, purpose)) if seed else hd.UID()
+
+
 def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equipment: Equipment,
-              per: str = "node", classes: list | None = None):
+              per: str = "node", classes: list | None = None,
+              uid_seed: str | None = None):
     """The SEG dataset and {node id: (segment number, tracking uid)}."""
     hd, _, codes = _hd()
     name, version = _algorithm(model)
@@ -105,7 +121,7 @@ def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equip
     if per == "node":
         values = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.uint16)
         for number, n in enumerate(sorted(nodes, key=lambda n: n["id"]), start=1):
-            uid = hd.UID()
+            uid = _uid(hd, uid_seed, f"tracking/node/{n['id']}")
             mapping[n["id"]] = (number, uid)
             values[n["id"]] = number
             segments.append(hd.seg.SegmentDescription(
@@ -125,7 +141,8 @@ def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equip
             segments.append(hd.seg.SegmentDescription(
                 segment_number=number, segment_label=c, segmented_property_category=category,
                 segmented_property_type=node_type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=c))
+                algorithm_identification=algorithm, tracking_uid=_uid(hd, uid_seed, f"tracking/class/{c}"),
+                tracking_id=c))
         pixels = values[labels]
     else:
         raise LnrtError(f"unknown SEG layout {per!r}; expected 'node' or 'class'")
@@ -133,8 +150,8 @@ def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equip
         return None, {}
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=901,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=equipment.manufacturer,
+        segment_descriptions=segments, series_instance_uid=_uid(hd, uid_seed, "seg/series"), series_number=901,
+        sop_instance_uid=_uid(hd, uid_seed, "seg/instance"), instance_number=1, manufacturer=equipment.manufacturer,
         manufacturer_model_name=equipment.model_name, software_versions=f"lnrt {__version__}",
         device_serial_number=equipment.serial_number, series_description="lnrt lymph nodes",
         content_description="Lymph nodes segmented by lnrt", content_creator_name="lnrt^automatic",
@@ -181,11 +198,12 @@ def _node_group(hd, codes, node: dict, number: int, uid, seg, source_series, sou
             name=concept, value=hd.sr.CodedConcept(code, RECIST_SCHEME, meaning))])
 
 
-def _negative_group(hd, codes, sources: list, model: dict):
+def _negative_group(hd, codes, sources: list, model: dict, uid_seed: str | None = None):
     """The TID 1501 group of a report without nodes: no lymph node detected (see the module's text)."""
     name, version = _algorithm(model)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="no lymph node detected"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(hd, uid_seed, "tracking/negative"),
+                                                     identifier="no lymph node detected"),
         finding_type=codes.SCT.LymphNode,
         algorithm_id=hd.sr.AlgorithmIdentification(name=name, version=version),
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=_code(hd, n), value=_code(hd, v))
@@ -193,29 +211,30 @@ def _negative_group(hd, codes, sources: list, model: dict):
         source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in sources])
 
 
-def build_sr(sources: list, seg, mapping: dict, nodes: list, equipment: Equipment, model: dict | None = None):
+def build_sr(sources: list, seg, mapping: dict, nodes: list, equipment: Equipment, model: dict | None = None,
+             uid_seed: str | None = None):
     """The TID 1500 report: one group per node (`seg` and `mapping` from `build_seg`), or, without nodes
     (`seg` None), the negative group that says no lymph node was detected."""
     hd, pydicom, codes = _hd()
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="lnrt", manufacturer_name=equipment.manufacturer, model_name=equipment.model_name,
-            serial_number=equipment.serial_number))
+            uid=_uid(hd, uid_seed, "observer"), name="lnrt", manufacturer_name=equipment.manufacturer,
+            model_name=equipment.model_name, serial_number=equipment.serial_number))
     if nodes:
         source_series = hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)
         by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
         groups = [_node_group(hd, codes, n, *mapping[n["id"]], seg, source_series, by_uid)
                   for n in sorted(nodes, key=lambda n: n["id"])]
     else:
-        groups = [_negative_group(hd, codes, sources, model or {})]
+        groups = [_negative_group(hd, codes, sources, model or {}, uid_seed)]
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[seg, *sources] if seg is not None else list(sources), content=report,
-        series_instance_uid=hd.UID(), series_number=902,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=equipment.manufacturer,
+        series_instance_uid=_uid(hd, uid_seed, "sr/series"), series_number=902,
+        sop_instance_uid=_uid(hd, uid_seed, "sr/instance"), instance_number=1, manufacturer=equipment.manufacturer,
         institution_name=equipment.institution, is_complete=True, is_final=False, is_verified=False)
     sr.SeriesDescription = "lnrt lymph node measurements" if nodes else "lnrt lymph nodes: none detected"
     if nodes:  # the private RECIST codes are used only in a report with nodes
@@ -243,9 +262,11 @@ def check_sources(files: list, source: str) -> None:
 
 
 def build_dicom(files: list, source: str, labels: np.ndarray, nodes: list, model: dict, sr: bool,
-                per: str = "node", classes: list | None = None, equipment: Equipment = Equipment()) -> dict:
+                per: str = "node", classes: list | None = None, equipment: Equipment = Equipment(),
+                uid_seed: str | None = None) -> dict:
     """{"dicom_seg": dataset, "dicom_sr": dataset} in memory. Without nodes there is no SEG (NO_SEGMENTS):
-    only the negative SR when `sr`, else nothing."""
+    only the negative SR when `sr`, else nothing. With `uid_seed` every UID lnrt makes is derived from it
+    (`derived_uid`); without, they are random."""
     if sr and per != "node":
         raise LnrtError("a DICOM SR needs one SEG segment per node; use --seg-segments node with --dicom-sr")
     check_sources(files, source)
@@ -253,11 +274,11 @@ def build_dicom(files: list, source: str, labels: np.ndarray, nodes: list, model
         return {}  # nothing to encode: a SEG needs at least one segment (NO_SEGMENTS)
     sources = _source_datasets(files, source)
     if not nodes:  # the SR alone, saying that no lymph node was detected
-        return {"dicom_sr": build_sr(sources, None, {}, [], equipment, model)}
-    seg_ds, mapping = build_seg(sources, labels, nodes, model, equipment, per, classes)
+        return {"dicom_sr": build_sr(sources, None, {}, [], equipment, model, uid_seed)}
+    seg_ds, mapping = build_seg(sources, labels, nodes, model, equipment, per, classes, uid_seed)
     out = {"dicom_seg": seg_ds}
     if sr:
-        out["dicom_sr"] = build_sr(sources, seg_ds, mapping, nodes, equipment, model)
+        out["dicom_sr"] = build_sr(sources, seg_ds, mapping, nodes, equipment, model, uid_seed)
     return out
 
 

@@ -91,9 +91,10 @@ class Result:
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False, viewer: bool = True,
              qc: bool = False, dicom_seg: bool | None = None, dicom_sr: bool = False,
-             seg_segments: str = "node", equipment=None, contract: bool = True) -> dict:
+             seg_segments: str = "node", equipment=None, contract: bool = True, uid_seed: str | None = None) -> dict:
         """Write the outputs; see the README's Outputs section. Returns {name: path}. `contract=False`
-        writes only the optional outputs asked for (added to a finished run: `lnrt.reload`).
+        writes only the optional outputs asked for (added to a finished run: `lnrt.reload`). `uid_seed`
+        makes the DICOM UIDs repeatable (`lnrt.dicom_out.derived_uid`; `lnrt serve` uses it).
 
         Everything that can fail (DICOM datasets, QC pictures) is built in memory first: a failure
         leaves no file behind. A DICOM SEG that is only automatic (DICOM input, no `dicom_seg=True`)
@@ -116,7 +117,7 @@ class Result:
             try:
                 datasets = build_dicom(self.info.files, self.info.path, self.labels, self.nodes,
                                        self.model or {}, dicom_sr, seg_segments,
-                                       (self.model or {}).get("classes"), equipment or Equipment())
+                                       (self.model or {}).get("classes"), equipment or Equipment(), uid_seed)
             except LnrtError as exc:
                 if dicom_seg is not None or dicom_sr:
                     raise
