@@ -55,7 +55,8 @@ def run(cmd: list, **kw) -> float:
 
 def shell_loop(lnrt: str, manifest: Path, out: Path) -> float:
     """What a user without a batch mode writes: one `lnrt infer` per scan, one output folder each."""
-    script = f'i=0; while IFS= read -r f; do i=$((i+1)); "{lnrt}" infer "$f" --out "{out}/$i" --quiet || true; done < "{manifest}"'
+    script = (f'i=0; while IFS= read -r f; do i=$((i+1)); "{lnrt}" infer "$f" --out "{out}/$i" --quiet || true; '
+              f'done < "{manifest}"')
     return run(["bash", "-c", script])
 
 
@@ -89,7 +90,8 @@ def main(dest: Path, phantoms_only: bool = False) -> None:
         r["scans_per_minute"] = round(60.0 * n / r["wall_s"], 2)
     report = {
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), no GPU",
-        "python": platform.python_version(), "scans": n, "real": n - min(n, PHANTOMS), "phantoms": min(n, PHANTOMS),
+        "python": platform.python_version(), "scans": n, "real": n - min(n, PHANTOMS),
+        "phantoms": min(n, PHANTOMS),
         "results": results,
         "ratios": {"batch_local_over_loop_throughput": round(results["loop"]["wall_s"] / results["local"]["wall_s"], 3)},
     }

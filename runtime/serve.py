@@ -32,6 +32,9 @@ log = logging.getLogger("lnrt")
 
 DEFAULT_QUIET_S = 10.0  # Orthanc's StableAge is 60 s: the conservative choice for slow modalities
 MAX_JOB_ATTEMPTS = 3
+# CT Image Storage and Enhanced CT Image Storage: the instances lnrt runs; other classes are recorded as
+# a failed series with the reason (the sender gets success: retrying would not change the answer)
+CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")
 STORE_REFUSED_OUT_OF_RESOURCES = 0xA700
 STORE_FAILED_CANNOT_UNDERSTAND = 0xC000
 
@@ -163,6 +166,13 @@ def make_store_handler(cfg: ServeConfig, store, quota_bytes: int):
                 return STORE_REFUSED_OUT_OF_RESOURCES
             ds = event.dataset
             series_uid, sop_uid = str(ds.SeriesInstanceUID), str(event.request.AffectedSOPInstanceUID)
+            if str(event.request.AffectedSOPClassUID) not in CT_STORAGE:
+                reason = (f"series {series_uid} is {ds.get('Modality', '') or 'of unknown modality'} "
+                          f"(SOP class {event.request.AffectedSOPClassUID}), not CT; lnrt serve runs CT series")
+                if store.not_ct(series_uid, str(ds.get("StudyInstanceUID", "") or ""),
+                                event.assoc.requestor.ae_title, reason):
+                    log.warning("serve: %s", reason)
+                return 0x0000  # received and recorded as failed: a sender must not retry it forever
             data = bytes(event.encoded_dataset())
             path = _spool_path(cfg, series_uid, sop_uid)
             write_bytes(path, data, mkdir=True)
@@ -183,11 +193,12 @@ def start_scp(cfg: ServeConfig, store):
     from .optional import require
 
     pynetdicom = require("pynetdicom", "serve")
-    from pynetdicom import ALL_TRANSFER_SYNTAXES, evt
-    from pynetdicom.sop_class import CTImageStorage, Verification
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
 
     ae = pynetdicom.AE(ae_title=cfg.ae_title)
-    ae.add_supported_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
+    for context in StoragePresentationContexts:  # every storage class: a non-CT series is recorded, not bounced
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     if cfg.allowed_calling_aes:
         ae.require_calling_aet = list(cfg.allowed_calling_aes)
@@ -198,6 +209,21 @@ def start_scp(cfg: ServeConfig, store):
     except OSError as exc:
         raise LnrtError(f"serve: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc}); expected a free "
                         "port (--port)") from None
+
+
+def gate_associations(scp, full: bool) -> None:
+    """Over the spool quota, new associations are rejected as transient with "local limit exceeded"
+    (A-ASSOCIATE-RJ result 2, source 3, reason 2): the sender keeps its data and tries later. pynetdicom
+    rejects an association when its acceptors outnumber `maximum_associations`, whose setter will not go
+    below 1, hence its attribute; `tests/test_serve.py` holds this to the rejection a client sees."""
+    ae = scp.ae
+    if full and ae._maximum_associations != 0:
+        ae._lnrt_maximum = ae._maximum_associations
+        ae._maximum_associations = 0
+        log.warning("serve: the spool is over its quota; new associations are refused until it is not")
+    elif not full and ae._maximum_associations == 0:
+        ae._maximum_associations = getattr(ae, "_lnrt_maximum", 10)
+        log.info("serve: the spool is under its quota again; accepting associations")
 
 
 # -- the job worker and the sender -------------------------------------------------------------------
@@ -377,6 +403,7 @@ def serve(cfg: ServeConfig, stop: threading.Event | None = None) -> None:
             t.start()
         while not stop.is_set():
             store.queue_quiet(cfg.quiet_seconds)
+            gate_associations(scp, store.spool_bytes() >= int(cfg.spool_quota_gb * 1e9))
             stop.wait(0.2)
     except KeyboardInterrupt:
         log.info("serve: stopping (the running job finishes first)")

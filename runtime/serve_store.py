@@ -84,6 +84,14 @@ class Store:
                        (now, series_uid))
         return True
 
+    def not_ct(self, series_uid: str, study_uid: str | None, calling_ae: str, reason: str) -> bool:
+        """A series that is not CT: failed with the reason, once (True the first time)."""
+        now = time.time()
+        with self.transaction() as db:
+            return bool(db.execute("INSERT OR IGNORE INTO series (series_uid, study_uid, calling_ae, state, reason, "
+                                   "first_at, last_at) VALUES (?, ?, ?, 'failed', ?, ?, ?)",
+                                   (series_uid, study_uid, calling_ae, reason, now, now)).rowcount)
+
     def spool_bytes(self) -> int:
         with self.transaction() as db:
             return int(db.execute("SELECT COALESCE(SUM(bytes), 0) FROM instances").fetchone()[0])

@@ -318,3 +318,83 @@ def test_kill_9_during_receive_and_during_inference_loses_nothing(tmp_path, plac
     finally:
         _stop(proc)
         pacs.close()
+
+
+def test_over_the_spool_quota_new_associations_are_refused_as_transient(tmp_path, placeholder_package):
+    port = _free_port()
+    spool = tmp_path / "spool"
+    args = [sys.executable, "-m", "lnrt.cli", "serve", "--spool", spool, "--port", port, "--host", "127.0.0.1",
+            "--quiet-seconds", "60", "--spool-quota-gb", "0.001", "--model", placeholder_package, "--threads", "1"]
+    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _until(lambda: _listening(port) or proc.poll() is not None, what="the server to listen")
+        assert proc.poll() is None, proc.stderr.read()
+        _, files = phantom_series(tmp_path / "ct", z=(0, 42))  # 42 instances of 32 kB: the quota is 1 MB
+        statuses = send_series(files, port)
+        assert statuses[:20] == [0x0000] * 20 and 0xA700 in statuses  # refused once full, never dropped
+        stored = len(list((spool / "incoming").rglob("*.dcm")))
+        assert stored == statuses.count(0x0000)
+
+        from pynetdicom import AE
+        from pynetdicom.sop_class import CTImageStorage
+
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(CTImageStorage)
+        assoc = _until(lambda: (lambda a: a if a.is_rejected else a.release())(ae.associate("127.0.0.1", port,
+                                                                                           ae_title="LNRT")),
+                       timeout=10, what="a rejected association")
+        assert assoc.is_rejected
+    finally:
+        code, err = _stop(proc)
+    assert "over its quota" in err and code == 0
+
+
+def test_a_non_ct_series_is_recorded_as_failed_with_its_reason(tmp_path, placeholder_package):
+    from pydicom.uid import MRImageStorage
+
+    port, pacs_port = _free_port(), _free_port()
+    proc = _server(tmp_path, placeholder_package, port, pacs_port)
+    try:
+        series_uid, files = phantom_series(tmp_path / "mr")
+        for f in files:
+            ds = dcmread(f)
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+            ds.Modality = "MR"
+            ds.save_as(str(f), enforce_file_format=True)
+
+        from pynetdicom import AE
+
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="LNRT")
+        assert assoc.is_established
+        statuses = [assoc.send_c_store(str(f)).Status for f in files]
+        assoc.release()
+        assert statuses == [0x0000] * len(files)  # received: the sender has nothing to retry
+        (state, reason), = _store_rows(tmp_path / "spool", "SELECT state, reason FROM series")
+        assert state == "failed" and f"series {series_uid} is MR" in reason and "not CT" in reason
+        assert not (tmp_path / "spool" / "incoming").exists()  # nothing spooled for it
+    finally:
+        code, err = _stop(proc)
+    assert code == 0 and err.count("is MR") == 1
+
+
+@pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu is not installed (Debian package dcmtk)")
+def test_storescu_sends_a_real_series_and_the_results_pass_dciodvfy(tmp_path, shared_data, placeholder_package):
+    port, pacs_port = _free_port(), _free_port()
+    pacs = Pacs(pacs_port, tmp_path / "pacs")
+    proc = _server(tmp_path, placeholder_package, port, pacs_port)
+    try:
+        files = sorted((shared_data / "dicom" / "neckbase_philips_10slices").iterdir())
+        sent = subprocess.run([STORESCU, "-aet", "SCANNER", "-aec", "LNRT", "127.0.0.1", str(port),
+                               *map(str, files)], capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        _until(lambda: len(pacs.received) >= 2, what="the SEG and SR at the PACS")
+        assert sorted(m for m, _ in pacs.received) == ["SEG", "SR"]
+        if shutil.which("dciodvfy"):
+            for p in pacs.folder.iterdir():
+                check = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
+                assert [ln for ln in (check.stdout + check.stderr).splitlines() if ln.startswith("Error")] == [], p
+    finally:
+        _stop(proc)
+        pacs.close()
