@@ -56,7 +56,7 @@ def write_series(folder: Path, seed: int) -> list:
         ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", f"P{seed}", "Phantom"
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", f"P{seed}", "Phantom^Neck"
         ds.PatientBirthDate, ds.PatientSex = "", "O"
         ds.StudyDate, ds.StudyTime, ds.StudyID = "20261202", "120000", "1"
         ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
