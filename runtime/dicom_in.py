@@ -298,7 +298,8 @@ def _read_header(path: Path, pydicom) -> _Slice | None:
 
 
 def _scan_folder(folder: Path) -> tuple[list, list]:
-    """(image slices, unreadable files as (name, reason)) of the folder's files (not recursive)."""
+    """(image slices, unreadable files as (name, reason)) of the folder's files (not recursive). Hidden
+    files are not slices (`.DS_Store`, a writer's temporary `.lnrt-*.part.dcm`)."""
     try:
         import pydicom
         import pydicom.errors
@@ -306,7 +307,7 @@ def _scan_folder(folder: Path) -> tuple[list, list]:
         raise LnrtError("pydicom is not installed; lnrt needs it to check DICOM folders: "
                         "pip install 'pydicom>=2.4'") from None
     slices, unreadable = [], []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
             with warnings.catch_warnings():  # pydicom's warnings on odd values: the checks below decide
                 warnings.simplefilter("ignore")

@@ -32,9 +32,9 @@ log = logging.getLogger("lnrt")
 
 DEFAULT_QUIET_S = 10.0  # Orthanc's StableAge is 60 s: the conservative choice for slow modalities
 MAX_JOB_ATTEMPTS = 3
-# CT Image Storage and Enhanced CT Image Storage: the instances lnrt runs; other classes are recorded as
-# a failed series with the reason (the sender gets success: retrying would not change the answer)
-CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")
+# CT Image Storage: the instances lnrt runs; other classes are recorded as a failed series with the
+# reason (the sender gets success: retrying would not change the answer)
+CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2",)  # Enhanced CT (multi-frame, ...1.2.1) is not read yet
 STORE_REFUSED_OUT_OF_RESOURCES = 0xA700
 STORE_FAILED_CANNOT_UNDERSTAND = 0xC000
 
@@ -51,9 +51,12 @@ class Destination:
         try:
             ae, rest = text.split("@", 1)
             host, port = rest.rsplit(":", 1)
+            if not host or not 1 <= int(port) <= 65535:
+                raise ValueError
             return cls(_ae_title(ae, text), host, int(port))
         except ValueError:
-            raise LnrtError(f"destination {text!r}: expected AE@HOST:PORT (e.g. PACS@10.0.0.5:104)") from None
+            raise LnrtError(f"destination {text!r}: expected AE@HOST:PORT with a port from 1 to 65535 "
+                            "(e.g. PACS@10.0.0.5:104)") from None
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -92,8 +95,12 @@ class ServeConfig:
             raise LnrtError("serve: no spool folder; expected --spool DIR or spool = \"DIR\" in [node]")
         values["spool"] = Path(values["spool"]).absolute()
         values["ae_title"] = _ae_title(values.get("ae_title", "LNRT"), "serve")
-        values["allowed_calling_aes"] = tuple(_ae_title(a, "allowed_calling_aes")
-                                              for a in values.get("allowed_calling_aes", ()))
+        allowed = values.get("allowed_calling_aes", ())
+        if isinstance(allowed, str) or not isinstance(allowed, (list, tuple)):
+            raise LnrtError(f"{path or 'serve'}: allowed_calling_aes = {allowed!r}; expected a list of AE titles, "
+                            'e.g. ["CT01"]')
+        values["allowed_calling_aes"] = tuple(_ae_title(a, "allowed_calling_aes") for a in allowed)
+        _check_session_options(values.get("session_options", {}), path or "serve")
         values["destinations"] = tuple(d if isinstance(d, Destination) else Destination.parse(d)
                                        for d in values.get("destinations", ()))
         known = set(cls.__dataclass_fields__)
@@ -104,16 +111,28 @@ class ServeConfig:
         return cls(**values)
 
 
+def _check_session_options(options: dict, where) -> None:
+    """[model] holds `lnrt.Session`'s keyword arguments, nothing else."""
+    import inspect
+
+    from .session import Session
+
+    known = set(inspect.signature(Session).parameters)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise LnrtError(f"{where}: [model] has no setting {unknown[0]!r}; expected some of {', '.join(sorted(known))}")
+
+
 def _check_numbers(values: dict, where) -> None:
     """Ports are integers in 1..65535 (the HTTP port may be 0: off), times and quotas non-negative numbers."""
     for key, low in (("port", 1), ("http_port", 0)):
         v = values.get(key, low or 1)
         if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= 65535:
             raise LnrtError(f"{where}: {key} = {v!r}; expected a whole number from {low} to 65535")
-    for key in ("quiet_seconds", "spool_quota_gb"):
+    for key, low in (("quiet_seconds", 0.0), ("spool_quota_gb", 0.001)):
         v = values.get(key, 1.0)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf"):
-            raise LnrtError(f"{where}: {key} = {v!r}; expected a non-negative number")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not low <= v < float("inf"):
+            raise LnrtError(f"{where}: {key} = {v!r}; expected a number of at least {low:g}")
 
 
 def _read_toml(path: Path) -> dict:
@@ -134,6 +153,9 @@ def _read_toml(path: Path) -> dict:
         values["spool"] = path.parent / str(values["spool"])
     if "model" in data:
         values["session_options"] = dict(data["model"])
+        model = values["session_options"].get("model")
+        if model and not Path(str(model)).is_absolute():  # relative to the file, like the spool
+            values["session_options"]["model"] = str(path.parent / str(model))
     values["destinations"] = tuple(
         Destination.parse(f"{d.get('ae_title', '')}@{d.get('host', '')}:{d.get('port', 104)}")
         for d in data.get("destinations", []))
@@ -154,41 +176,76 @@ def _safe(uid: str) -> str:
     return "".join(c if c.isdigit() or c == "." else "_" for c in str(uid))[:64] or "_"
 
 
-def make_store_handler(cfg: ServeConfig, store, quota_bytes: int):
+class SpoolUsage:
+    """The bytes in the spool as the disk holds them: measured by walking it (every `REFRESH_S`, by the
+    scheduler) plus what arrived since, so files an operator removes lift the quota at the next walk."""
+
+    REFRESH_S = 10.0
+
+    def __init__(self, spool: Path, quota_bytes: int):
+        self.spool, self.quota, self.lock = spool, quota_bytes, threading.Lock()
+        self.bytes, self.walked = 0, 0.0
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.walked < self.REFRESH_S:
+            return
+        total = sum(f.stat().st_size for d in ("incoming", "outbox") for f in (self.spool / d).rglob("*")
+                    if f.is_file()) if self.spool.is_dir() else 0
+        with self.lock:
+            self.bytes, self.walked = total, time.monotonic()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
+
+    @property
+    def full(self) -> bool:
+        return self.bytes >= self.quota
+
+
+def make_store_handler(cfg: ServeConfig, store, usage: SpoolUsage):
     """The C-STORE handler: spool quota, then the file (atomic, fsynced), then the row, then success."""
     from .atomic import write_bytes
 
     def on_store(event) -> int:
+        series_uid = "(series not read)"
         try:
-            if store.spool_bytes() >= quota_bytes:
-                log.warning("serve: spool over its %.1f GB quota; refusing an instance from %s",
-                            cfg.spool_quota_gb, event.assoc.requestor.ae_title)
-                return STORE_REFUSED_OUT_OF_RESOURCES
             ds = event.dataset
             series_uid, sop_uid = str(ds.SeriesInstanceUID), str(event.request.AffectedSOPInstanceUID)
+            if usage.full:
+                log.warning("serve: %s: spool over its %g GB quota; refusing an instance from %s", series_uid,
+                            cfg.spool_quota_gb, event.assoc.requestor.ae_title)
+                return STORE_REFUSED_OUT_OF_RESOURCES
             if str(event.request.AffectedSOPClassUID) not in CT_STORAGE:
-                reason = (f"series {series_uid} is {ds.get('Modality', '') or 'of unknown modality'} "
-                          f"(SOP class {event.request.AffectedSOPClassUID}), not CT; lnrt serve runs CT series")
-                if store.not_ct(series_uid, str(ds.get("StudyInstanceUID", "") or ""),
-                                event.assoc.requestor.ae_title, reason):
-                    log.warning("serve: %s", reason)
-                return 0x0000  # received and recorded as failed: a sender must not retry it forever
+                return _not_ct(store, event, ds, series_uid)
             data = bytes(event.encoded_dataset())
             path = _spool_path(cfg, series_uid, sop_uid)
             write_bytes(path, data, mkdir=True)
-            new = store.received(sop_uid, series_uid, str(ds.get("StudyInstanceUID", "") or ""),
-                                 event.assoc.requestor.ae_title, str(path), len(data))
-            if new:
+            usage.add(len(data))
+            if store.received(sop_uid, series_uid, str(ds.get("StudyInstanceUID", "") or ""),
+                              event.assoc.requestor.ae_title, str(path), len(data)):
                 log.debug("serve: %s: instance %s", series_uid, sop_uid)
             return 0x0000
         except Exception as exc:  # noqa: BLE001 (the sender is told; nothing is acknowledged that is not stored)
-            log.warning("serve: an instance could not be stored (%s: %s)", type(exc).__name__, exc)
+            log.warning("serve: %s: an instance could not be stored (%s: %s)", series_uid, type(exc).__name__, exc)
             return STORE_FAILED_CANNOT_UNDERSTAND
 
     return on_store
 
 
-def start_scp(cfg: ServeConfig, store):
+def _not_ct(store, event, ds, series_uid: str) -> int:
+    """A series lnrt does not run: received and recorded as failed once (a sender must not retry it)."""
+    sop_class = str(event.request.AffectedSOPClassUID)
+    what = ("Enhanced CT (multi-frame), which lnrt does not read yet" if sop_class == "1.2.840.10008.5.1.4.1.1.2.1"
+            else f"{ds.get('Modality', '') or 'of unknown modality'} (SOP class {sop_class}), not CT")
+    reason = f"series {series_uid} is {what}; lnrt serve runs CT Image Storage series"
+    if store.not_ct(series_uid, str(ds.get("StudyInstanceUID", "") or ""), event.assoc.requestor.ae_title, reason):
+        log.warning("serve: %s: %s", series_uid, reason)
+    return 0x0000
+
+
+def start_scp(cfg: ServeConfig, store, usage: SpoolUsage):
     """The Storage SCP, serving in its own threads; returns pynetdicom's server (call `shutdown()`)."""
     from .optional import require
 
@@ -202,8 +259,7 @@ def start_scp(cfg: ServeConfig, store):
     ae.add_supported_context(Verification)
     if cfg.allowed_calling_aes:
         ae.require_calling_aet = list(cfg.allowed_calling_aes)
-    quota = int(cfg.spool_quota_gb * 1e9)
-    handlers = [(evt.EVT_C_STORE, make_store_handler(cfg, store, quota)), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+    handlers = [(evt.EVT_C_STORE, make_store_handler(cfg, store, usage)), (evt.EVT_C_ECHO, lambda event: 0x0000)]
     try:
         return ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
     except OSError as exc:
@@ -228,6 +284,16 @@ def gate_associations(scp, full: bool) -> None:
 
 # -- the job worker and the sender -------------------------------------------------------------------
 
+def uid_seed(series_uid: str, sop_uids: list, model_sha256: str) -> str:
+    """The seed of a result's UIDs: the series, the instances it was made from and the model. The same
+    inputs give the same UIDs (a re-run after a crash re-stores, idempotently); a series that grew gives
+    new ones (new content is a new instance, never an old UID with other content)."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(sop_uids)).encode("ascii", "replace")).hexdigest()[:32]
+    return f"{series_uid}/{digest}/{model_sha256}"
+
+
 def run_job(cfg: ServeConfig, store, session, series_uid: str) -> None:
     """One series through the session; its results into the outbox and their sends queued, in one step."""
     folder = cfg.spool / "incoming" / _safe(series_uid)
@@ -235,13 +301,18 @@ def run_job(cfg: ServeConfig, store, session, series_uid: str) -> None:
     t0 = time.perf_counter()
     log.info("serve: %s: running", series_uid)
     try:
+        seed = uid_seed(series_uid, store.instances_of(series_uid), session.model_sha256)
         result = session.run(folder, series_uid=series_uid)
         result.info = replace(result.info, stem="lnrt")
-        paths = result.save(out, overwrite=True, viewer=False, dicom_sr=True,
-                            uid_seed=f"{series_uid}/{session.model_sha256}")
+        paths = result.save(out, overwrite=True, viewer=False, dicom_sr=True, uid_seed=seed)
     except LnrtError as exc:
         store.finished(series_uid, False, str(exc), None, time.perf_counter() - t0, [])
         log.warning("serve: %s: failed: %s", series_uid, exc)
+        return
+    except (OSError, MemoryError) as exc:  # transient (a full disk, memory): tried again, a few times
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        again = store.retry_later(series_uid, reason, MAX_JOB_ATTEMPTS)
+        log.warning("serve: %s: %s; %s", series_uid, reason, "trying again" if again else "failed")
         return
     except Exception as exc:  # noqa: BLE001 (one series' bug must not stop the node)
         reason = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
@@ -256,13 +327,19 @@ def run_job(cfg: ServeConfig, store, session, series_uid: str) -> None:
 
 
 def work(cfg: ServeConfig, store, session, stop: threading.Event) -> None:
-    """The worker thread: queued series in order until `stop` (the running one is finished first)."""
+    """The worker thread: queued series in order until `stop` (the running one is finished first). A
+    failure of the store itself (locked, disk full) is logged and the loop goes on after a pause; the job
+    it interrupted is re-run at the next start."""
     while not stop.is_set():
-        series_uid = store.next_job()
-        if series_uid is None:
-            stop.wait(0.2)
-            continue
-        run_job(cfg, store, session, series_uid)
+        try:
+            series_uid = store.next_job()
+            if series_uid is None:
+                stop.wait(0.2)
+                continue
+            run_job(cfg, store, session, series_uid)
+        except Exception as exc:  # noqa: BLE001 (the worker must outlive a bad moment of its disk)
+            log.warning("serve: the worker could not use its store (%s: %s); trying again", type(exc).__name__, exc)
+            stop.wait(2.0)
 
 
 def c_store(ae_title: str, dest: Destination, path: str, timeout_s: float = 30.0) -> tuple[bool, str | None]:
@@ -289,17 +366,31 @@ def c_store(ae_title: str, dest: Destination, path: str, timeout_s: float = 30.0
     return False, f"{dest}: C-STORE status 0x{code:04X}"
 
 
+def deliver(cfg: ServeConfig, store, send: dict) -> None:
+    """One delivery attempt, whatever happens recorded: a result file that is gone fails for good; any
+    other failure (down, refused, a context the destination lacks) is tried again later."""
+    final = not Path(send["path"]).is_file()
+    try:
+        ok, reason = (False, f"{send['path']}: the result file is gone") if final else \
+            c_store(cfg.ae_title, Destination.parse(send["destination"]), send["path"])
+    except Exception as exc:  # noqa: BLE001 (a send must never take the sender down)
+        ok, reason = False, f"{send['destination']}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    store.sent(send, ok, reason, final=final)
+    if ok:
+        log.info("serve: %s: sent %s to %s", send["series_uid"], Path(send["path"]).name, send["destination"])
+    else:
+        log.warning("serve: %s: not sent (%s); %s", send["series_uid"], reason,
+                    "not tried again" if final else "trying again later")
+
+
 def send_loop(cfg: ServeConfig, store, stop: threading.Event) -> None:
     """The sender thread: due sends delivered, failures tried again later (`Store.sent`'s backoff)."""
     while not stop.is_set():
-        for send in store.due_sends():
-            ok, reason = c_store(cfg.ae_title, Destination.parse(send["destination"]), send["path"])
-            store.sent(send, ok, reason)
-            if ok:
-                log.info("serve: %s: sent %s to %s", send["series_uid"], Path(send["path"]).name,
-                         send["destination"])
-            else:
-                log.warning("serve: %s: not sent (%s); trying again later", send["series_uid"], reason)
+        try:
+            for send in store.due_sends():
+                deliver(cfg, store, send)
+        except Exception as exc:  # noqa: BLE001 (the store busy or the disk full: the next round tries again)
+            log.warning("serve: the sender could not use its store (%s: %s)", type(exc).__name__, exc)
         stop.wait(0.5)
 
 
@@ -325,8 +416,9 @@ def metrics_text(m: dict, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_http(port: int, store, ready: threading.Event):
-    """/health (the process answers), /ready (the model is loaded), /metrics, on 127.0.0.1 only."""
+def start_http(port: int, store, ready):
+    """/health (the process answers), /ready (`ready()`: the model is loaded and the worker and sender
+    are running), /metrics, on 127.0.0.1 only."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
@@ -334,7 +426,7 @@ def start_http(port: int, store, ready: threading.Event):
             if self.path == "/health":
                 code, body = 200, "ok\n"
             elif self.path == "/ready":
-                code, body = (200, "ready\n") if ready.is_set() else (503, "loading the model\n")
+                code, body = (200, "ready\n") if ready() else (503, "not ready (loading the model, or stopped)\n")
             elif self.path == "/metrics":
                 code, body = 200, metrics_text(store.metrics())
             else:
@@ -375,8 +467,6 @@ def _lock_spool(spool: Path) -> int:
 def serve(cfg: ServeConfig, stop: threading.Event | None = None) -> None:
     """Run the node until `stop` is set (or KeyboardInterrupt: SIGINT, and SIGTERM through the CLI)."""
     from .outputs import check_extras_installed
-    from .serve_store import Store
-    from .session import Session
 
     check_extras_installed(("dicom_seg",), True)
     stop = stop or threading.Event()
@@ -385,41 +475,80 @@ def serve(cfg: ServeConfig, stop: threading.Event | None = None) -> None:
     except OSError as exc:
         raise LnrtError(f"{cfg.spool}: cannot create the spool ({exc.strerror or exc}); expected a writable "
                         "folder") from None
-    lock = _lock_spool(cfg.spool)
-    store = Store(cfg.spool / "serve.sqlite")
-    requeued = store.recover(MAX_JOB_ATTEMPTS)
-    ready = threading.Event()
-    http = start_http(cfg.http_port, store, ready) if cfg.http_port else None
-    done, threads, scp, session = threading.Event(), [], None, None
+    node = _Node(cfg)
     try:
-        session = Session(**cfg.session_options)
-        ready.set()
-        scp = start_scp(cfg, store)
-        log.info("serve: %s listening on %s:%d (%d job(s) re-queued, %d destination(s))", cfg.ae_title, cfg.host,
-                 cfg.port, requeued, len(cfg.destinations))
-        threads = [threading.Thread(target=work, args=(cfg, store, session, done), name="lnrt-serve-worker"),
-                   threading.Thread(target=send_loop, args=(cfg, store, done), name="lnrt-serve-sender", daemon=True)]
-        for t in threads:
-            t.start()
+        node.start()
         while not stop.is_set():
-            store.queue_quiet(cfg.quiet_seconds)
-            gate_associations(scp, store.spool_bytes() >= int(cfg.spool_quota_gb * 1e9))
+            node.tick()
             stop.wait(0.2)
     except KeyboardInterrupt:
         log.info("serve: stopping (the running job finishes first)")
     finally:
-        _shutdown(scp, done, threads, session, http, lock)
+        node.shutdown()
 
 
-def _shutdown(scp, done: threading.Event, threads: list, session, http, lock: int) -> None:
-    """Stop accepting, let the worker finish its job (a job cut short is re-run at the next start)."""
-    if scp is not None:
-        scp.shutdown()
-    done.set()
-    for t in threads:
-        t.join(120 if t.name == "lnrt-serve-worker" else 10)
-    if session is not None and not any(t.is_alive() for t in threads if t.name == "lnrt-serve-worker"):
-        session.close()
-    if http is not None:
-        http.shutdown()
-    os.close(lock)
+class _Node:
+    """The running parts of one node, started in order and stopped in the reverse order."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg, self.lock, self.store, self.http, self.scp, self.session = cfg, None, None, None, None, None
+        self.done, self.threads, self.loaded = threading.Event(), [], threading.Event()
+
+    def ready(self) -> bool:
+        return self.loaded.is_set() and bool(self.threads) and all(t.is_alive() for t in self.threads)
+
+    def start(self) -> None:
+        from .serve_store import Store
+        from .session import Session
+
+        cfg = self.cfg
+        self.lock = _lock_spool(cfg.spool)
+        _remove_stale_parts(cfg.spool)  # a write cut by a kill -9 left them; the lock makes this safe
+        self.store = Store(cfg.spool / "serve.sqlite")
+        requeued = self.store.recover(MAX_JOB_ATTEMPTS)
+        self.usage = SpoolUsage(cfg.spool, int(cfg.spool_quota_gb * 1e9))
+        self.http = start_http(cfg.http_port, self.store, self.ready) if cfg.http_port else None
+        self.session = Session(**cfg.session_options)
+        self.loaded.set()
+        self.scp = start_scp(cfg, self.store, self.usage)
+        log.info("serve: %s listening on %s:%d (%d job(s) re-queued, %d destination(s))", cfg.ae_title, cfg.host,
+                 cfg.port, requeued, len(cfg.destinations))
+        self.threads = [
+            threading.Thread(target=work, args=(cfg, self.store, self.session, self.done), name="lnrt-serve-worker"),
+            threading.Thread(target=send_loop, args=(cfg, self.store, self.done), name="lnrt-serve-sender")]
+        for t in self.threads:
+            t.start()
+
+    def tick(self) -> None:
+        """The scheduler's round: quiet series become jobs; the spool's use measured, the quota gate set."""
+        try:
+            self.store.queue_quiet(self.cfg.quiet_seconds)
+        except Exception as exc:  # noqa: BLE001 (the store busy: the next round tries again)
+            log.warning("serve: the scheduler could not use its store (%s: %s)", type(exc).__name__, exc)
+        self.usage.refresh()
+        gate_associations(self.scp, self.usage.full)
+
+    def shutdown(self) -> None:
+        """Stop accepting and end the open associations (an instance not acknowledged is the sender's to
+        send again), let the worker finish its job, then the rest; the spool's lock goes last."""
+        if self.scp is not None:
+            self.scp.shutdown()
+            for assoc in list(self.scp.active_associations):
+                assoc.abort()
+        self.done.set()
+        for t in self.threads:
+            t.join()
+        if self.session is not None:
+            self.session.close()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        if self.lock is not None:
+            os.close(self.lock)
+
+
+def _remove_stale_parts(spool: Path) -> None:
+    import shutil
+
+    for p in (spool / "incoming").rglob(".lnrt-*.part*") if (spool / "incoming").is_dir() else ():
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -25,8 +25,9 @@ _TABLES = [
     "bytes INTEGER NOT NULL, received_at REAL NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS series (series_uid TEXT PRIMARY KEY, study_uid TEXT, calling_ae TEXT, "
     f"state TEXT NOT NULL CHECK (state IN ({', '.join(map(repr, STATES))})), again INTEGER NOT NULL DEFAULT 0, "
-    "attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, first_at REAL, last_at REAL, instances INTEGER DEFAULT 0, "
-    "nodes INTEGER, seconds REAL)",
+    "attempts INTEGER NOT NULL DEFAULT 0, interrupted INTEGER NOT NULL DEFAULT 0, reason TEXT, first_at REAL, "
+    "last_at REAL, instances INTEGER DEFAULT 0, nodes INTEGER, seconds REAL)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS sends (series_uid TEXT NOT NULL, destination TEXT NOT NULL, path TEXT NOT NULL, "
     f"state TEXT NOT NULL CHECK (state IN ({', '.join(map(repr, SEND_STATES))})), attempts INTEGER NOT NULL DEFAULT 0, "
     "next_at REAL NOT NULL, reason TEXT, PRIMARY KEY (series_uid, destination, path))",
@@ -54,6 +55,15 @@ class Store:
         return db
 
     @contextmanager
+    def reading(self):
+        """A read (no write lock: readers never wait for the receiving threads)."""
+        db = self._connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
     def transaction(self):
         db = self._connect()
         try:
@@ -78,7 +88,7 @@ class Store:
                 return False
             db.execute("INSERT OR IGNORE INTO series (series_uid, study_uid, calling_ae, state, first_at, last_at) "
                        "VALUES (?, ?, ?, 'receiving', ?, ?)", (series_uid, study_uid, calling_ae, now, now))
-            db.execute("UPDATE series SET instances = instances + 1, last_at = ?, "
+            db.execute("UPDATE series SET instances = instances + 1, last_at = ?, interrupted = 0, "
                        "again = CASE WHEN state = 'running' THEN 1 ELSE again END, "
                        "state = CASE WHEN state = 'running' THEN state ELSE 'receiving' END WHERE series_uid = ?",
                        (now, series_uid))
@@ -92,24 +102,39 @@ class Store:
                                    "first_at, last_at) VALUES (?, ?, ?, 'failed', ?, ?, ?)",
                                    (series_uid, study_uid, calling_ae, reason, now, now)).rowcount)
 
-    def spool_bytes(self) -> int:
-        with self.transaction() as db:
-            return int(db.execute("SELECT COALESCE(SUM(bytes), 0) FROM instances").fetchone()[0])
-
     def queue_quiet(self, quiet_s: float) -> int:
         """Series with no new instance for `quiet_s` become jobs."""
         with self.transaction() as db:
             return db.execute("UPDATE series SET state = 'queued' WHERE state = 'receiving' AND last_at <= ?",
                               (time.time() - quiet_s,)).rowcount
 
-    def recover(self, max_attempts: int) -> int:
-        """At start-up: jobs left running by a process that died are queued again (or failed once they
-        have been tried `max_attempts` times: a series that kills the server must not kill it forever)."""
+    def recover(self, max_interruptions: int) -> int:
+        """At start-up: jobs left running by a process that died are queued again, or failed once they
+        were interrupted `max_interruptions` times in a row (a series that kills the server must not kill
+        it forever; ordinary re-runs of a series that grew do not count)."""
         with self.transaction() as db:
+            db.execute("UPDATE series SET interrupted = interrupted + 1 WHERE state = 'running'")
             db.execute("UPDATE series SET state = 'failed', reason = 'the server stopped while running it ' || "
-                       "attempts || ' times; not tried again' WHERE state = 'running' AND attempts >= ?",
-                       (max_attempts,))
+                       "interrupted || ' times; not tried again' WHERE state = 'running' AND interrupted >= ?",
+                       (max_interruptions,))
             return db.execute("UPDATE series SET state = 'queued' WHERE state = 'running'").rowcount
+
+    def retry_later(self, series_uid: str, reason: str, max_interruptions: int) -> bool:
+        """A job stopped by a transient error (the disk full, a device error): queued again, counted like an
+        interruption. Returns False when it is failed instead."""
+        with self.transaction() as db:
+            db.execute("UPDATE series SET interrupted = interrupted + 1, reason = ? WHERE series_uid = ?",
+                       (reason, series_uid))
+            failed = db.execute("UPDATE series SET state = 'failed' WHERE series_uid = ? AND interrupted >= ?",
+                                (series_uid, max_interruptions)).rowcount
+            if not failed:
+                db.execute("UPDATE series SET state = CASE WHEN again THEN 'receiving' ELSE 'queued' END "
+                           "WHERE series_uid = ?", (series_uid,))
+        return not failed
+
+    def instances_of(self, series_uid: str) -> list:
+        with self.reading() as db:
+            return sorted(r[0] for r in db.execute("SELECT sop_uid FROM instances WHERE series_uid = ?", (series_uid,)))
 
     def next_job(self) -> str | None:
         """The oldest queued series, now running (its attempt counted before any work)."""
@@ -123,50 +148,64 @@ class Store:
 
     def finished(self, series_uid: str, ok: bool, reason: str | None, nodes: int | None, seconds: float,
                  sends: list) -> None:
-        """A job's end, and its results to deliver ((destination, path) pairs), in one step; a series that
-        received instances while it ran goes back to receiving."""
+        """A job's end, and its results to deliver ((destination, path) pairs), in one step. A series that
+        received instances while it ran goes back to receiving and sends nothing: its result was made
+        from part of the series."""
         now = time.time()
         with self.transaction() as db:
-            db.execute("UPDATE series SET state = CASE WHEN again THEN 'receiving' ELSE ? END, reason = ?, nodes = ?, "
-                       "seconds = ?, last_at = CASE WHEN again THEN ? ELSE last_at END WHERE series_uid = ?",
-                       ("done" if ok else "failed", reason, nodes, seconds, now, series_uid))
-            db.executemany("INSERT OR REPLACE INTO sends VALUES (?, ?, ?, 'pending', 0, ?, NULL)",
-                           [(series_uid, dest, path, now) for dest, path in sends])
+            again = db.execute("SELECT again FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+            again = bool(again and again[0])
+            db.execute("UPDATE series SET state = ?, reason = ?, nodes = ?, seconds = ?, interrupted = 0, "
+                       "last_at = CASE WHEN ? THEN ? ELSE last_at END WHERE series_uid = ?",
+                       ("receiving" if again else "done" if ok else "failed", reason, nodes, seconds, again, now,
+                        series_uid))
+            _bump(db, "inference_seconds", seconds)
+            if not again:
+                db.executemany("INSERT OR REPLACE INTO sends VALUES (?, ?, ?, 'pending', 0, ?, NULL)",
+                               [(series_uid, dest, path, now) for dest, path in sends])
 
     def due_sends(self) -> list:
-        with self.transaction() as db:
+        with self.reading() as db:
             return [dict(r) for r in db.execute("SELECT * FROM sends WHERE state = 'pending' AND next_at <= ? "
                                                 "ORDER BY next_at", (time.time(),)).fetchall()]
 
-    def sent(self, send: dict, ok: bool, reason: str | None = None) -> None:
+    def sent(self, send: dict, ok: bool, reason: str | None = None, final: bool = False) -> None:
+        """A delivery attempt: sent; or tried again later with doubling waits (`final`: failed for good, when
+        there is nothing left to send, such as a result file that is gone)."""
+        key = (send["series_uid"], send["destination"], send["path"])
         with self.transaction() as db:
             if ok:
                 db.execute("UPDATE sends SET state = 'sent', attempts = attempts + 1, reason = NULL WHERE "
-                           "series_uid = ? AND destination = ? AND path = ?",
-                           (send["series_uid"], send["destination"], send["path"]))
+                           "series_uid = ? AND destination = ? AND path = ?", key)
                 return
-            wait = min(MAX_BACKOFF_S, 2.0 ** send["attempts"])
-            db.execute("UPDATE sends SET attempts = attempts + 1, next_at = ?, reason = ? WHERE series_uid = ? AND "
-                       "destination = ? AND path = ?",
-                       (time.time() + wait, reason, send["series_uid"], send["destination"], send["path"]))
+            _bump(db, "send_failures", 1)
+            wait = min(MAX_BACKOFF_S, 2.0 ** min(send["attempts"], 16))
+            db.execute("UPDATE sends SET attempts = attempts + 1, next_at = ?, reason = ?, state = ? WHERE "
+                       "series_uid = ? AND destination = ? AND path = ?",
+                       (time.time() + wait, reason, "failed" if final else "pending", *key))
 
     def series(self, series_uid: str) -> dict | None:
-        with self.transaction() as db:
+        with self.reading() as db:
             row = db.execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
         return dict(row) if row else None
 
     def metrics(self) -> dict:
-        """Counts for /metrics: instances, jobs by state, sends by state and failures, the oldest queue age."""
-        with self.transaction() as db:
+        """Counts for /metrics: instances, jobs by state, sends by state, the counters (send failures,
+        inference seconds: they only grow), the oldest queued job's time."""
+        with self.reading() as db:
             jobs = dict(db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall())
             sends = dict(db.execute("SELECT state, COUNT(*) FROM sends GROUP BY state").fetchall())
-            out = {
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            return {
                 "instances": db.execute("SELECT COUNT(*) FROM instances").fetchone()[0],
                 "jobs": {s: jobs.get(s, 0) for s in STATES},
                 "sends": {s: sends.get(s, 0) for s in SEND_STATES},
-                "send_failures": db.execute("SELECT COALESCE(SUM(CASE WHEN state = 'sent' THEN attempts - 1 ELSE "
-                                            "attempts END), 0) FROM sends").fetchone()[0],
-                "inference_seconds": db.execute("SELECT COALESCE(SUM(seconds), 0) FROM series").fetchone()[0],
+                "send_failures": int(counters.get("send_failures", 0)),
+                "inference_seconds": counters.get("inference_seconds", 0.0),
                 "oldest_queued_at": db.execute("SELECT MIN(last_at) FROM series WHERE state = 'queued'").fetchone()[0],
             }
-        return out
+
+
+def _bump(db, name: str, amount: float) -> None:
+    db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+               (name, amount))

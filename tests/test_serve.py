@@ -152,7 +152,7 @@ def test_config_from_toml_and_flags(tmp_path):
                         ('[node]\nspool = "s"\nprot = 1\n', "unknown setting 'prot'"),
                         ('[nodes]\n', "unknown section [nodes]"), ("[node\n", "not valid TOML"),
                         ('[node]\nspool = "s"\nport = "104"\n', "port = '104'; expected a whole number"),
-                        ('[node]\nspool = "s"\nquiet_seconds = -1\n', "expected a non-negative number")]:
+                        ('[node]\nspool = "s"\nquiet_seconds = -1\n', "expected a number of at least 0")]:
         toml.write_text(text)
         with pytest.raises(LnrtError, match=words.replace("[", r"\[").replace("]", r"\]")):
             ServeConfig.load(toml)
@@ -398,3 +398,55 @@ def test_storescu_sends_a_real_series_and_the_results_pass_dciodvfy(tmp_path, sh
     finally:
         _stop(proc)
         pacs.close()
+
+
+def test_config_refuses_what_would_fail_later(tmp_path):
+    toml = tmp_path / "serve.toml"
+    for text, words in [('[node]\nspool = "s"\nallowed_calling_aes = "CT01"\n', "expected a list of AE titles"),
+                        ('[node]\nspool = "s"\n[model]\nvarient = "fp16"\n', "[model] has no setting 'varient'"),
+                        ('[node]\nspool = "s"\nspool_quota_gb = 0\n', "expected a number of at least 0.001"),
+                        ('[node]\nspool = "s"\n[[destinations]]\nae_title = "P"\nhost = "h"\nport = 70000\n',
+                         "with a port from 1 to 65535")]:
+        toml.write_text(text)
+        with pytest.raises(LnrtError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            ServeConfig.load(toml)
+    toml.write_text('[node]\nspool = "s"\n[model]\nmodel = "pkg"\n')
+    assert ServeConfig.load(toml).session_options["model"] == str(tmp_path / "pkg")
+
+
+def test_store_states_sends_and_counters(tmp_path):
+    from lnrt.serve import deliver, uid_seed
+    from lnrt.serve_store import Store
+
+    store = Store(tmp_path / "serve.sqlite")
+    assert store.received("1", "S", "T", "CT01", "/x/1.dcm", 10) and not store.received("1", "S", "T", "CT01", "", 10)
+    assert store.queue_quiet(0.0) == 1 and store.next_job() == "S"
+    store.received("2", "S", "T", "CT01", "/x/2.dcm", 10)  # while it runs: run it again, send nothing from this run
+    store.finished("S", True, None, 3, 1.5, [("PACS@127.0.0.1:1", str(tmp_path / "gone.dcm"))])
+    assert store.series("S")["state"] == "receiving" and store.due_sends() == []
+    assert store.queue_quiet(0.0) == 1 and store.next_job() == "S"
+    assert store.recover(3) == 1 and store.series("S")["interrupted"] == 1  # a restart while it ran
+    assert store.next_job() == "S"
+    store.finished("S", True, None, 3, 2.0, [("PACS@127.0.0.1:1", str(tmp_path / "gone.dcm"))])
+    assert store.series("S")["state"] == "done" and store.series("S")["interrupted"] == 0
+    send, = store.due_sends()
+    cfg = ServeConfig(spool=tmp_path)
+    deliver(cfg, store, send)  # the file is gone: failed for good, not retried forever
+    assert store.due_sends() == [] and store.metrics()["sends"]["failed"] == 1
+    m = store.metrics()
+    assert m["inference_seconds"] == 3.5 and m["send_failures"] == 1 and m["jobs"]["done"] == 1
+    assert uid_seed("S", ["1", "2"], "m") == uid_seed("S", ["2", "1"], "m") != uid_seed("S", ["1"], "m")
+
+
+def test_spool_usage_follows_the_disk(tmp_path):
+    from lnrt.serve import SpoolUsage
+
+    (tmp_path / "incoming" / "S").mkdir(parents=True)
+    (tmp_path / "incoming" / "S" / "a.dcm").write_bytes(b"x" * 600)
+    usage = SpoolUsage(tmp_path, quota_bytes=1000)
+    assert usage.bytes == 600 and not usage.full
+    usage.add(500)
+    assert usage.full
+    (tmp_path / "incoming" / "S" / "a.dcm").unlink()  # an operator cleans up: the next walk lifts the gate
+    usage.refresh(force=True)
+    assert usage.bytes == 0 and not usage.full
