@@ -187,3 +187,33 @@ def write_text(path: str | os.PathLike, text: str, mkdir: bool = False) -> Path:
 
 def write_json(path: str | os.PathLike, obj, mkdir: bool = False) -> Path:
     return write_text(path, json.dumps(obj, indent=2) + "\n", mkdir=mkdir)
+
+
+def lock_file(path: str | os.PathLike) -> int:
+    """Hold an exclusive flock on `path` (created if need be) for this process's life, with this pid
+    written in it; raises `BlockingIOError` naming the holder's pid when another process holds it. The
+    lock goes with the process, `kill -9` included (`lnrt batch`'s folder, `lnrt serve`'s spool)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BlockingIOError(f"held by pid {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def remove_stale(folder: str | os.PathLike) -> int:
+    """Remove the temporary files and folders (`.lnrt-*.part*`) that writes cut short by a kill left
+    under `folder`; only for a caller that holds the folder's lock (no write of its own is under way)."""
+    import shutil
+
+    folder, n = Path(folder), 0
+    for p in (folder.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}*") if folder.is_dir() else ()):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        n += 1
+    return n

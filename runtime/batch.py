@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ._version import __version__
+from .atomic import remove_stale
 from .batch_engines import Cancelled, Died, LocalEngine, RayEngine, WorkerSpec, visible_gpus
 from .batch_work import ListJob, ScanJob, signature
 from .errors import LnrtError
@@ -109,8 +110,9 @@ def _manifest_rows(path: Path) -> list:
         return rows  # headerless: path, name, series
     unknown = sorted(set(header) - {"path", "name", "series"})
     if unknown or "path" not in header:
-        raise LnrtError(f"{path}: line {rows[0][0]}: {f'unknown column {unknown[0]!r}' if unknown else 'no path column'}"
-                        "; expected a header of path and optional name, series columns")
+        what = f"unknown column {unknown[0]!r}" if unknown else "no path column"
+        raise LnrtError(f"{path}: line {rows[0][0]}: {what}; expected a header of path and optional name, "
+                        "series columns")
     return [(i, [dict(zip(header, r)).get(k, "") for k in ("path", "name", "series")]) for i, r in rows[1:]]
 
 
@@ -355,7 +357,8 @@ def _settle_listing(run: _Run, job: ListJob, outcome) -> None:
         if status == "failed":
             log.warning("%s", outcome["error"])
         return
-    run.queue.extend(run.ledger.listed(job.path, scans, [(j, "skipped", why) for j, why in skipped]))  # only the new ones: a manifest may name one too
+    # only the new ones are queued: a manifest may have named one of these series too
+    run.queue.extend(run.ledger.listed(job.path, scans, [(j, "skipped", why) for j, why in skipped]))
 
 
 def _drive(run: _Run, stop: _Stop) -> None:
@@ -409,33 +412,15 @@ def batch_settings(session_options: dict, save_options: dict, check_hu: bool) ->
     return out
 
 
-def _lock(out_dir: Path):
-    """An exclusive lock on the batch folder for the driver's life: a second driver on the same folder
-    is refused (the lock goes with the process, `kill -9` included)."""
-    import fcntl
+def _lock(out_dir: Path) -> int:
+    """The batch folder's lock for the driver's life: a second driver on the same folder is refused."""
+    from .atomic import lock_file
 
-    fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise LnrtError(f"{out_dir}: another lnrt batch is writing this folder (pid {holder}); expected one "
-                        "batch per folder: wait for it, or choose another --out") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def _remove_stale_parts(out_dir: Path) -> int:
-    """Temporary files a killed worker left (`.lnrt-*.part*`); only this batch writes here (the lock)."""
-    import shutil
-
-    n = 0
-    for p in out_dir.rglob(".lnrt-*.part*"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        n += 1
-    return n
+        return lock_file(out_dir / LOCK_NAME)
+    except BlockingIOError as exc:
+        raise LnrtError(f"{out_dir}: another lnrt batch is writing this folder ({exc}); expected one batch "
+                        "per folder: wait for it, or choose another --out") from None
 
 
 def write_summary(out_dir: Path, ledger: Ledger, settings: dict, seconds: float, finished: int) -> dict:
@@ -557,7 +542,7 @@ def _prepare(out: Path, inputs: list, settings: dict, retry_failed: bool) -> tup
                         "--out folder") from None
     fd, ledger = _lock(out), None
     try:
-        _remove_stale_parts(out)
+        remove_stale(out)  # a killed worker's cut writes; only this batch writes here (the lock)
         ledger = Ledger(out / LEDGER_NAME)
         ledger.check_settings(settings)
         scans, folders = plan_jobs(found, ledger)

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from .batch_work import Worker
-from .errors import LnrtError
+from .errors import LnrtError, described, one_line
 
 log = logging.getLogger("lnrt")
 
@@ -77,6 +77,16 @@ def _quiet_logs() -> None:
     logging.getLogger("lnrt").setLevel(logging.ERROR)
 
 
+def start_worker(spec: WorkerSpec) -> tuple:
+    """(the `Worker`, None), or (None, the one-line reason it could not load its model)."""
+    try:
+        return Worker(spec.out_dir, spec.session_options, spec.save_options, spec.check_hu), None
+    except LnrtError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 (reported to the driver as one line)
+        return None, f"internal error starting a worker: {described(exc)}"
+
+
 def local_worker_main(fd: int) -> None:
     """A local worker process (`python -m lnrt._batch_worker FD`): its spec arrives first on the socket
     `fd`; it loads the model, then answers jobs until told to stop or the driver goes."""
@@ -88,14 +98,11 @@ def local_worker_main(fd: int) -> None:
     conn = Connection(fd)
     try:
         spec = conn.recv()
-        worker = Worker(spec.out_dir, spec.session_options, spec.save_options, spec.check_hu)
     except (EOFError, OSError):
         return
-    except LnrtError as exc:
-        conn.send(("fatal", str(exc)))
-        return
-    except Exception as exc:  # noqa: BLE001 (reported to the driver as one line)
-        conn.send(("fatal", f"internal error starting a worker: {type(exc).__name__}: {exc}"))
+    worker, error = start_worker(spec)
+    if worker is None:
+        conn.send(("fatal", error))
         return
     conn.send(("ready", worker.ident()))
     while True:
@@ -256,13 +263,7 @@ class ActorWorker:
         if _main_thread():  # Ctrl-C on the driver's terminal is the driver's to handle
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         _quiet_logs()
-        try:
-            self.worker, self.error = Worker(spec.out_dir, spec.session_options, spec.save_options,
-                                             spec.check_hu), None
-        except LnrtError as exc:
-            self.worker, self.error = None, str(exc)
-        except Exception as exc:  # noqa: BLE001 (reported to the driver as one line)
-            self.worker, self.error = None, f"internal error starting a worker: {type(exc).__name__}: {exc}"
+        self.worker, self.error = start_worker(spec)
 
     def ident(self) -> tuple:
         return ("fatal", self.error) if self.worker is None else ("ready", self.worker.ident())
@@ -303,7 +304,7 @@ class RayEngine:
                          logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = self.address or "a local Ray instance"
-                raise LnrtError(f"batch: cannot start or join {where} ({' '.join(str(exc).split())[:200]}); "
+                raise LnrtError(f"batch: cannot start or join {where} ({one_line(exc, 200)}); "
                                 "expected a running Ray cluster at --address (ray start --head), or none "
                                 "for a local one") from None
             self.started_here = True

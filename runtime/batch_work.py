@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import LnrtError
+from .errors import LnrtError, described
 
 HASH_CHUNK = 1 << 20
 
@@ -107,19 +107,18 @@ class Worker:
         """The image series of a DICOM folder, from the headers (no pixel decoded). No image series:
         `skipped` when every file was read (only non-image objects: SR, RTSTRUCT, SEG), else `failed`
         with the first unreadable file's reason."""
-        from .dicom_in import list_dicom_series, unreadable_files
+        from .dicom_in import scan_dicom_folder
 
         try:
-            series = [{k: e[k] for k in ("uid", "modality", "slices", "orientation")}
-                      for e in list_dicom_series(Path(job.path))]
+            found, bad = scan_dicom_folder(Path(job.path))
+            series = [{k: e[k] for k in ("uid", "modality", "slices", "orientation")} for e in found]
             if series:
                 return {"path": job.path, "series": series, "error": None}
-            bad = unreadable_files(Path(job.path))
         except (LnrtError, OSError) as exc:
             return {"path": job.path, "series": [], "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 (a bug on one folder must not take the batch down)
-            return {"path": job.path, "series": [], "error": f"{job.path}: internal error listing its series: "
-                                                            f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
+            return {"path": job.path, "series": [],
+                    "error": f"{job.path}: internal error listing its series: {described(exc, 200)}"}
         if bad:
             return {"path": job.path, "series": [], "error": f"{job.path}: no DICOM image series; {len(bad)} "
                     f"file(s) could not be read as DICOM, e.g. {bad[0][0]}: {bad[0][1]}"}
@@ -152,7 +151,7 @@ class Worker:
         except MemoryError:
             out["error"] = f"{job.input}: ran out of memory; expected a smaller scan or a machine with more memory"
         except Exception as exc:  # noqa: BLE001 (a bug on one scan must not take the batch down)
-            out["error"] = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            out["error"] = f"internal error: {described(exc)}"
         out["seconds"] = round(time.perf_counter() - t0, 3)
         out["worker_peak_mb"] = _peak_mb()
         return out

@@ -14,7 +14,7 @@ import click
 from ._version import __version__
 from .backends import NAMES as BACKEND_NAMES
 from .device import DEVICES
-from .errors import LnrtError
+from .errors import LnrtError, one_line
 
 
 class Finite(click.FloatRange):
@@ -749,10 +749,6 @@ def bench(args, synthetic, model, backend, variant, repeat, warmup, threads, bat
     click.echo(json.dumps(result, indent=2) if as_json else b.format_result(result))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _internal_error(exc: BaseException, debug: bool) -> int:
     """A bug, not a user error: one line and where the traceback is (`--debug` prints it instead)."""
     import tempfile
@@ -770,7 +766,7 @@ def _internal_error(exc: BaseException, debug: bool) -> int:
         where = f"traceback in {path}"
     except OSError:
         pass
-    click.echo(f"lnrt: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} ({where}; rerun with "
+    click.echo(f"lnrt: internal error: {type(exc).__name__}: {one_line(exc)[:300]} ({where}; rerun with "
                "--debug to print it, and please report it)", err=True)
     return 1
 
@@ -814,10 +810,10 @@ def _run(args: list, debug: bool) -> int:
         return 130
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "lnrt"
-        click.echo(f"lnrt: error: {_one_line(exc.format_message())} (see {command} --help)", err=True)
+        click.echo(f"lnrt: error: {one_line(exc.format_message())} (see {command} --help)", err=True)
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"lnrt: error: {_one_line(exc.format_message())}", err=True)
+        click.echo(f"lnrt: error: {one_line(exc.format_message())}", err=True)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 (the last line of defence: a bug prints one line, not a trace)
         Progress.clear()

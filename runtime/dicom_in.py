@@ -409,13 +409,14 @@ def list_dicom_series(folder: Path) -> list[dict]:
     """Image series in a folder: uid (the choice key), files (sorted along the slice normal), modality,
     study uid, series uid, orientation, slices. Non-image and non-DICOM files are ignored; a series with
     slices in two orientations is listed once per orientation (uid `<SeriesInstanceUID>:axial`, ...)."""
-    slices, _ = _scan_folder(Path(folder))
-    return [_as_dict(e) for e in _group(slices)]
+    return scan_dicom_folder(folder)[0]
 
 
-def unreadable_files(folder: Path) -> list:
-    """(name, reason) of the folder's files that could not be read as DICOM (not recursive)."""
-    return _scan_folder(Path(folder))[1]
+def scan_dicom_folder(folder: Path) -> tuple[list, list]:
+    """(`list_dicom_series`'s list, (name, reason) of the files that could not be read as DICOM), from
+    one read of the folder's headers (not recursive)."""
+    slices, unreadable = _scan_folder(Path(folder))
+    return [_as_dict(e) for e in _group(slices)], unreadable
 
 
 def _as_dict(e: _Entry) -> dict:

@@ -15,3 +15,14 @@ class LnrtError(Exception):
 
 def missing_extra(package: str, extra: str) -> LnrtError:
     return LnrtError(f"{package} is not installed; install it with: pip install 'lnrt[{extra}]'")
+
+
+def one_line(text, limit: int | None = None) -> str:
+    """Any text as one line (runs of whitespace, newlines included, become one space), cut at `limit`."""
+    line = " ".join(str(text).split())
+    return line if limit is None else line[:limit]
+
+
+def described(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` of an unexpected exception, on one line: what a worker records for a bug."""
+    return f"{type(exc).__name__}: {one_line(exc, limit)}"

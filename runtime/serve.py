@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import LnrtError
+from .atomic import remove_stale
+from .errors import LnrtError, described
 
 log = logging.getLogger("lnrt")
 
@@ -310,12 +311,12 @@ def run_job(cfg: ServeConfig, store, session, series_uid: str) -> None:
         log.warning("serve: %s: failed: %s", series_uid, exc)
         return
     except (OSError, MemoryError) as exc:  # transient (a full disk, memory): tried again, a few times
-        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        reason = described(exc)
         again = store.retry_later(series_uid, reason, MAX_JOB_ATTEMPTS)
         log.warning("serve: %s: %s; %s", series_uid, reason, "trying again" if again else "failed")
         return
     except Exception as exc:  # noqa: BLE001 (one series' bug must not stop the node)
-        reason = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        reason = f"internal error: {described(exc)}"
         store.finished(series_uid, False, reason, None, time.perf_counter() - t0, [])
         log.warning("serve: %s: failed: %s", series_uid, reason)
         return
@@ -374,7 +375,7 @@ def deliver(cfg: ServeConfig, store, send: dict) -> None:
         ok, reason = (False, f"{send['path']}: the result file is gone") if final else \
             c_store(cfg.ae_title, Destination.parse(send["destination"]), send["path"])
     except Exception as exc:  # noqa: BLE001 (a send must never take the sender down)
-        ok, reason = False, f"{send['destination']}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        ok, reason = False, f"{send['destination']}: {described(exc, 200)}"
     store.sent(send, ok, reason, final=final)
     if ok:
         log.info("serve: %s: sent %s to %s", send["series_uid"], Path(send["path"]).name, send["destination"])
@@ -453,15 +454,13 @@ def start_http(port: int, store, ready):
 # -- the node ------------------------------------------------------------------------------------------
 
 def _lock_spool(spool: Path) -> int:
-    import fcntl
+    from .atomic import lock_file
 
-    fd = os.open(spool / ".lnrt-serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise LnrtError(f"{spool}: another lnrt serve uses this spool; expected one server per spool") from None
-    return fd
+        return lock_file(spool / ".lnrt-serve.lock")
+    except BlockingIOError as exc:
+        raise LnrtError(f"{spool}: another lnrt serve uses this spool ({exc}); expected one server per "
+                        "spool") from None
 
 
 def serve(cfg: ServeConfig, stop: threading.Event | None = None) -> None:
@@ -503,7 +502,7 @@ class _Node:
 
         cfg = self.cfg
         self.lock = _lock_spool(cfg.spool)
-        _remove_stale_parts(cfg.spool)  # a write cut by a kill -9 left them; the lock makes this safe
+        remove_stale(cfg.spool / "incoming")  # writes a kill -9 cut short; the lock makes this safe
         self.store = Store(cfg.spool / "serve.sqlite")
         requeued = self.store.recover(MAX_JOB_ATTEMPTS)
         self.usage = SpoolUsage(cfg.spool, int(cfg.spool_quota_gb * 1e9))
@@ -545,10 +544,3 @@ class _Node:
             self.http.server_close()
         if self.lock is not None:
             os.close(self.lock)
-
-
-def _remove_stale_parts(spool: Path) -> None:
-    import shutil
-
-    for p in (spool / "incoming").rglob(".lnrt-*.part*") if (spool / "incoming").is_dir() else ():
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
