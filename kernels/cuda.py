@@ -9,6 +9,7 @@ oracles (cc3d for labels, in cc3d's raster numbering; NumPy for statistics): see
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from importlib import resources
 
@@ -57,18 +58,34 @@ def source(name: str) -> str:
     return (resources.files("lnrt.kernels") / name).read_text(encoding="utf-8")
 
 
+# NVRTC options per source: the RECIST kernel repeats NumPy's arithmetic, which never fuses a multiply-add
+OPTIONS = {"recist.cu": ("--fmad=false",)}
+
+
 def module(name: str, wide: bool = False):
     cp = cupy()
     key = (name, wide)
     if key not in _modules:
-        options = ("-std=c++14",) + (("-DLNRT_INDEX=long long",) if wide else ())
+        options = ("-std=c++14",) + OPTIONS.get(name, ()) + (("-DLNRT_INDEX=long long",) if wide else ())
         _modules[key] = cp.RawModule(code=source(name), options=options)
     return _modules[key]
 
 
+def debug() -> bool:
+    """LNRT_CUDA_DEBUG=1: synchronize after every launch, so a failing kernel is named by its own error
+    (a launch returns before the kernel runs, and its fault otherwise surfaces at a later call)."""
+    return os.environ.get("LNRT_CUDA_DEBUG", "") not in ("", "0")
+
+
 def _launch(mod, kernel: str, n: int, *args) -> None:
     blocks = max(1, (int(n) + THREADS - 1) // THREADS)
-    mod.get_function(kernel)((blocks,), (THREADS,), args)
+    _run(mod, kernel, (blocks,), (THREADS,), args)
+
+
+def _run(mod, kernel: str, grid: tuple, block: tuple, args: tuple) -> None:
+    mod.get_function(kernel)(grid, block, args)
+    if debug():
+        _sync(f"kernel {kernel!r}")
 
 
 def _sync(what: str) -> None:
@@ -148,3 +165,74 @@ def component_stats(labels, n_labels: int, image=None, prob=None, classes=None, 
     m = int(n_labels)
     return {"count": cp.asnumpy(count)[:m], "bbox": cp.asnumpy(bbox)[:m], "sums": cp.asnumpy(sums)[:m],
             "votes": cp.asnumpy(votes)[:m] if with_votes else None, "first": cp.asnumpy(first)[:m]}
+
+
+RECIST_THREADS = 128  # one block per (node, slice): a node's slice holds a few hundred outline points
+_ACC, _GEO, _OUT = 12, 24, 12  # per-task table widths of recist.cu
+_A_MINS = (2, 3, 5, 7, 10)  # accumulators that start at the top (minimums and first keys)
+
+
+def _recist_tasks(ids, bbox) -> np.ndarray:
+    """(id, z, y0, x0, h, w) for every axial slice of every node's box (a connected node has voxels in
+    each slice of its box; a slice without any gives no points and is left out, as the CPU twin does)."""
+    rows = []
+    for node_id, b in zip(np.asarray(ids).tolist(), np.asarray(bbox, dtype=np.int64)):
+        for z in range(int(b[0]), int(b[3]) + 1):
+            rows.append((node_id, z, b[1], b[2], b[4] - b[1] + 1, b[5] - b[2] + 1))
+    return np.array(rows, dtype=np.int64).reshape(-1, 6)
+
+
+def recist_slices(labels, ids, bbox, spacing_yx) -> tuple:
+    """(tasks, out): the RECIST kernel's per-slice results for every slice of the nodes `ids` (label
+    values in `labels`, with inclusive boxes `bbox` (n, 6)); out rows (points, long mm, width mm, short mm,
+    long ends y0 x0 y1 x1 mm, short ends mm) on the host."""
+    from lnrt.recist import _DIRS2
+
+    cp = cupy()
+    labels = cp.ascontiguousarray(cp.asarray(labels, dtype=cp.uint32))
+    _, ny, nx = labels.shape
+    tasks = _recist_tasks(ids, bbox)
+    t = len(tasks)
+    if t == 0:
+        return tasks, np.zeros((0, _OUT))
+    tasks_d = cp.asarray(tasks)
+    mod = module("recist.cu")
+    count = cp.zeros(t, dtype=cp.int32)
+    _run(mod, "outline_count", (t,), (RECIST_THREADS,), (labels, np.int32(ny), np.int32(nx), tasks_d,
+                                                          np.int32(t), count))
+    sizes = cp.asnumpy(count).astype(np.int64)
+    base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    total = max(int(sizes.sum()), 1)
+    acc = cp.zeros((t, _ACC), dtype=cp.uint64)
+    acc[:, list(_A_MINS)] = np.iinfo(np.uint64).max
+    dirs = cp.ascontiguousarray(cp.asarray(_DIRS2, dtype=cp.float64))
+    sy, sx = (float(v) for v in spacing_yx)
+    out = cp.zeros((t, _OUT), dtype=cp.float64)
+    _run(mod, "recist_slices", (t,), (RECIST_THREADS,),
+         (labels, np.int32(ny), np.int32(nx), tasks_d, np.int32(t), cp.asarray(base), dirs, np.int32(dirs.shape[1]),
+          np.float64(sy), np.float64(sx), cp.zeros(2 * total, dtype=cp.float64), cp.zeros(total, dtype=cp.int64),
+          cp.zeros(total, dtype=cp.int32), cp.zeros(2 * t, dtype=cp.int32), acc, cp.zeros((t, _GEO), dtype=cp.float64),
+          cp.zeros((t, 2 * dirs.shape[1]), dtype=cp.float64), out))
+    _sync("RECIST axes")
+    return tasks, cp.asnumpy(out)
+
+
+def recist_axes(labels, ids, bbox, spacing_zyx) -> list:
+    """`lnrt.recist.recist_axes` of every node at once: a `SliceAxes` (or None) per id, slice indices
+    relative to each node's box, ends in box-local (y, x) index coordinates: the contract of the CPU twin
+    `lnrt.nodes.node_axes`. Every slice is measured on the
+    device; the choice among a node's slices is the CPU twin's own rule (`lnrt.recist.choose_axes`)."""
+    from lnrt.recist import choose_axes
+
+    sp = np.asarray(spacing_zyx, dtype=np.float64)[1:]
+    tasks, out = recist_slices(labels, ids, bbox, sp)
+    found = {}
+    for (node_id, z, *_), row in zip(tasks.tolist(), out):
+        if row[0] > 0:  # (width, z, long mm, long ends, (short mm, short ends)): choose_axes' candidates
+            found.setdefault(node_id, []).append((float(row[2]), z, float(row[1]), row[4:8].reshape(2, 2),
+                                                  (float(row[3]), row[8:12].reshape(2, 2))))
+    result = []
+    for node_id, b in zip(np.asarray(ids).tolist(), np.asarray(bbox, dtype=np.int64)):
+        rows = [(w, z - int(b[0]), *rest) for w, z, *rest in found.get(node_id, [])]
+        result.append(choose_axes(rows, sp, lambda k, ends, short: short) if rows else None)
+    return result

@@ -207,10 +207,21 @@ class Frame:
         return np.round(self.vol.index_to_world(pts_in), 3).tolist()
 
 
+def node_axes(labels_c: np.ndarray, ids, bbox, spacing_zyx) -> list:
+    """RECIST axes (`lnrt.recist.SliceAxes` or None) of each id, on its crop `bbox[k]` (z0, y0, x0, z1, y1,
+    x1 inclusive) of the canonical labels: slice indices and ends local to the crop. The CPU twin of
+    `lnrt.kernels.cuda.recist_axes`."""
+    out = []
+    for node_id, b in zip(np.asarray(ids).tolist(), np.asarray(bbox)):
+        out.append(recist_axes(labels_c[b[0]:b[3] + 1, b[1]:b[4] + 1, b[2]:b[5] + 1] == node_id, spacing_zyx))
+    return out
+
+
 def measure_nodes(labels_c: np.ndarray, ids, stats: dict, frame: Frame, class_names: list | None = None,
-                  mean_hu: bool = True, probability: bool = True) -> list:
+                  mean_hu: bool = True, probability: bool = True, axes: list | None = None) -> list:
     """One row per id in `ids` (label values in the canonical crop `labels_c`), in the report contract
-    (docs/ARCHITECTURE.md, "Contracts"), measured on each node's canonical crop."""
+    (docs/ARCHITECTURE.md, "Contracts"), measured on each node's canonical crop. `axes`: the ids' RECIST
+    axes when they were measured already (on the device: `lnrt.kernels.cuda.recist_axes`)."""
     vol, orient = frame.vol, frame.orient
     sp_c = vol.spacing_zyx[list(orient.perm)]
     names = class_names or ["background", "lymph_node"]
@@ -220,12 +231,13 @@ def measure_nodes(labels_c: np.ndarray, ids, stats: dict, frame: Frame, class_na
     cents = frame.input_sums(count, stats["sums"][k, :3]) / count.astype(np.float64)[:, None]
     world = vol.index_to_world(cents)
     boxes_in = frame.input_box(stats["bbox"][k])
+    if axes is None:
+        axes = node_axes(labels_c, ids, stats["bbox"][k], sp_c)
     rows = []
     for i, node_id in enumerate(np.asarray(ids).tolist()):
         b = stats["bbox"][k[i]]
         crop = labels_c[b[0]:b[3] + 1, b[1]:b[4] + 1, b[2]:b[5] + 1] == node_id
-        axes = recist_axes(crop, sp_c)
-        row_axes = _axes_fields(axes, frame, b[:3], orient.perm[0])
+        row_axes = _axes_fields(axes[i], frame, b[:3], orient.perm[0])
         n = float(count[i])
         rows.append({
             "id": int(node_id),

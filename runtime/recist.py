@@ -231,18 +231,27 @@ def recist_axes(mask: np.ndarray, spacing_zyx) -> SliceAxes | None:
         candidates.append((width, int(k), long_mm, ends, pts))
     if not candidates:
         return None
+    return choose_axes(candidates, sp_yx,
+                       lambda k, ends, pts: _longest_perpendicular_chord(mask[k], sp_yx, ends, pts))
+
+
+def choose_axes(candidates: list, sp_yx: np.ndarray, chord) -> SliceAxes:
+    """The node's axes from its slices' (width mm, k, long mm, long ends mm, extra): widest slice first,
+    `chord(k, long ends, extra)` -> (short mm, short ends mm) for each slice that can still win, the
+    pruning and the tie order of the module's docstring. The CUDA twin (lnrt.kernels.cuda.recist_axes)
+    measures every slice on the device and passes its results through this same rule."""
     candidates = _widest_first(candidates)
     best = None
     slack = PRUNE_PX * float(sp_yx.min())
     last = None
-    for done, (width, k, long_mm, ends, pts) in enumerate(candidates):
+    for done, (width, k, long_mm, ends, extra) in enumerate(candidates):
         # slices as wide as the last one measured (a tie: mirror images) are all measured, so that neither
         # the pruning nor the cap depends on the order rounding gave them
         tied = last is not None and width >= last * (1.0 - TIE_REL)
         if best is not None and not tied and (width <= best[0] + slack or done >= MAX_FULL_SLICES):
             break
         last = width
-        short_mm, short_ends = _longest_perpendicular_chord(mask[k], sp_yx, ends, pts)
+        short_mm, short_ends = chord(k, ends, extra)
         result = (min(short_mm, long_mm), width, k, long_mm, ends, short_ends)
         if _better(result, best):
             best = result

@@ -250,3 +250,192 @@ def test_switching_at_plain_loads_and_stores_catches_a_non_atomic_minimum(monkey
             with cuda.use(cuda_emu.emulated_cupy(seed, mode)):
                 wrong[mode] += not np.array_equal(cuda.label_components(mask, 26)[0], want)
     assert wrong[0] == 0 and wrong[2] > 0, wrong
+
+
+def _blobs(seed: int, shape=(10, 64, 72), k: int = 7) -> np.ndarray:
+    """Rotated ellipsoids of many sizes, with 3 % of voxels flipped: lobulated nodes, holes, specks, nodes
+    touching in their boxes (the worst cases of the axes: one-voxel slices, ties, thin shells)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    m = np.zeros(shape, bool)
+    for _ in range(k):
+        c, r, th = rng.uniform(0, shape), rng.uniform([1, 2, 2], [5, 14, 14]), rng.uniform(0, np.pi)
+        u = (y - c[1]) * np.cos(th) + (x - c[2]) * np.sin(th)
+        v = (x - c[2]) * np.cos(th) - (y - c[1]) * np.sin(th)
+        m |= ((z - c[0]) / r[0]) ** 2 + (u / r[1]) ** 2 + (v / r[2]) ** 2 <= 1
+    return m ^ (rng.random(shape) < 0.03)
+
+
+def _axes_equal(got, want, tol_mm=1e-4):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if w is None:
+            continue
+        assert g.slice_index == w.slice_index
+        assert abs(g.long_mm - w.long_mm) <= tol_mm and abs(g.short_mm - w.short_mm) <= tol_mm
+        np.testing.assert_allclose(g.long_ends, w.long_ends, atol=tol_mm)
+        np.testing.assert_allclose(g.short_ends, w.short_ends, atol=tol_mm)
+
+
+class _Recist:
+    def __init__(self, twin):
+        self.twin = twin
+
+    def __call__(self, labels, ids, bbox, spacing):
+        if isinstance(self.twin, CpuTwin):
+            return nodes.node_axes(labels, ids, bbox, spacing)
+        return self.twin.cuda.recist_axes(self.twin.cp.asarray(labels.astype(np.uint32)), ids, bbox, spacing)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recist_axes_equal_the_cpu_twin(twin, seed):
+    """Every node's axes (slice, long and short axis, their ends) equal lnrt.recist's within 1e-4 mm, on
+    about 1,200 components a volume at anisotropic spacings (in practice they are equal to the bit)."""
+    labels, n = nodes.label_components(_blobs(seed), 26)
+    bbox = nodes.component_stats(labels, n)["bbox"]
+    spacing = np.random.default_rng(seed + 100).uniform([0.5, 0.3, 0.3], [3.0, 1.2, 1.2])
+    ids = np.arange(1, n + 1)
+    assert n > 500
+    _axes_equal(_Recist(twin)(labels, ids, bbox, spacing), nodes.node_axes(labels, ids, bbox, spacing))
+
+
+def test_recist_axes_of_a_large_structure_and_of_absent_ids(twin):
+    """A 160 x 270 mm structure, where the chord caps bind (256 lines, 512 samples; the chord step becomes
+    a float64 number, a branch of its own), and an id with no voxel in its box (None, as the CPU twin)."""
+    yy, xx = np.mgrid[:420, :400]
+    labels = np.zeros((3, 420, 400), np.uint16)
+    labels[:, ((yy - 210) / 200.0) ** 2 + ((xx - 200) / 150.0) ** 2 <= 1] = 1
+    labels[1, 5, 5] = 2
+    bbox = np.array([[0, 10, 50, 2, 410, 350], [1, 5, 5, 1, 5, 5], [0, 0, 0, 1, 3, 3]], np.int32)
+    ids = [1, 2, 3]
+    spacing = (2.0, 0.4, 0.9)
+    got = _Recist(twin)(labels, ids, bbox, spacing)
+    want = nodes.node_axes(labels, ids, bbox, spacing)
+    _axes_equal(got, want)
+    assert got[2] is None and want[0].short_mm > 150 and want[1].long_mm == pytest.approx(0.5 * 0.9)
+
+
+def test_recist_kernel_under_plain_load_and_store_switches():
+    """Mode 2 (a thread switch at every plain load and store too) on a smaller volume: the barriers and
+    atomics of the RECIST kernel hold under the finest interleaving the emulator has."""
+    import cuda_emu
+    if not cuda_emu.available()[0]:
+        pytest.skip("kernel emulation needs g++")
+    from lnrt.kernels import cuda
+
+    labels, n = nodes.label_components(_blobs(4, shape=(6, 40, 40), k=4), 26)
+    bbox = nodes.component_stats(labels, n)["bbox"]
+    ids = np.arange(1, n + 1)
+    with cuda.use(cuda_emu.emulated_cupy(5, 2)):
+        got = cuda.recist_axes(labels.astype(np.uint32), ids, bbox, (1.5, 0.6, 0.8))
+    _axes_equal(got, nodes.node_axes(labels, ids, bbox, (1.5, 0.6, 0.8)))
+
+
+def test_the_emulator_honours_barriers_a_missing_one_breaks_the_long_axis(monkeypatch):
+    """__syncthreads is a real barrier in the emulator: without the one between the largest squared
+    distance and the search for its first pair, threads read a maximum that is not final yet and the
+    long axes come out wrong, in every schedule; with it they are right."""
+    import cuda_emu
+    if not cuda_emu.available()[0]:
+        pytest.skip("kernel emulation needs g++")
+    from lnrt.kernels import cuda
+
+    good = cuda.source("recist.cu")
+    marker = "    __syncthreads();\n    double top = unordered(a[A_TOP]);"
+    assert marker in good
+    bad = good.replace(marker, "    double top = unordered(a[A_TOP]);")
+    monkeypatch.setattr(cuda, "source", lambda name: bad if name == "recist.cu" else good)
+    labels, n = nodes.label_components(_blobs(3, shape=(4, 40, 40), k=5), 26)
+    bbox = nodes.component_stats(labels, n)["bbox"]
+    ids = np.arange(1, n + 1)
+    want = [a.long_mm for a in nodes.node_axes(labels, ids, bbox, (1.0, 0.7, 0.7))]
+    for mode in (0, 1):
+        with cuda.use(cuda_emu.emulated_cupy(mode, mode)):
+            got = [a.long_mm for a in cuda.recist_axes(labels.astype(np.uint32), ids, bbox, (1.0, 0.7, 0.7))]
+        assert got != want, mode
+
+
+_ASAN_CHILD = """
+import sys
+import numpy as np
+import cuda_emu
+from lnrt import nodes
+from lnrt.kernels import cuda
+
+source = cuda.source
+if sys.argv[1] == "unchecked":  # the merge's neighbour loop without its x >= 0 bound: the first voxel's left
+    # neighbour is mask[-1], one byte before the array (elsewhere x - 1 wraps onto the row before: in bounds)
+    cuda.source = lambda name: source(name).replace("yy >= ny || xx < 0 ||", "yy >= ny ||")
+mask = np.random.default_rng(0).random((6, 24, 24)) < 0.4
+mask[0, 0, 0] = True
+with cuda.use(cuda_emu.emulated_cupy(1, 1)):
+    labels, n = cuda.label_components(mask, 26)
+    stats = cuda.component_stats(labels, n, image=mask.astype(np.float32), prob=mask.astype(np.float32))
+    axes = cuda.recist_axes(labels.astype(np.uint32), np.arange(1, n + 1), stats["bbox"], (1.0, 0.7, 0.7))
+want, _ = nodes.label_components(mask, 26)
+assert np.array_equal(labels, want)
+print("ok", n, sum(a is not None for a in axes))
+"""
+
+
+@pytest.mark.parametrize("variant", ["unchanged", "unchecked"])
+def test_address_sanitizer_mode_passes_the_kernels_and_finds_an_out_of_bounds_read(variant, tmp_path):
+    """The emulator's AddressSanitizer mode (kernels built with -fsanitize=address, its runtime preloaded in
+    a child process): the unchanged kernels run clean, and a neighbour loop that lost its bounds check is
+    stopped at its first read outside the mask (one byte before it), with ASan's report naming the kernel."""
+    import os
+    import subprocess
+    import sys
+
+    import cuda_emu
+    if cuda_emu.asan_runtime() is None:
+        pytest.skip("g++ has no AddressSanitizer runtime")
+    script = tmp_path / "child.py"
+    script.write_text(_ASAN_CHILD, encoding="utf-8")
+    env = cuda_emu.asan_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(cuda_emu.HERE.parent), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(script), variant], env=env, capture_output=True, text=True,
+                          timeout=600)
+    if variant == "unchanged":
+        assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-3000:]
+    else:
+        assert proc.returncode == 86, (proc.returncode, proc.stderr[-3000:])
+        assert "heap-buffer-overflow" in proc.stderr and " merge" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("debug", ["0", "1"])
+def test_debug_mode_names_the_kernel_that_failed(debug, monkeypatch):
+    """LNRT_CUDA_DEBUG=1 synchronizes after every launch, so a fault is reported with the kernel's own name
+    (`merge`); without it the fault surfaces at the end of the launcher, named by what the launcher does.
+    The fault is injected: the stand-in's stream raises at the first synchronization after `merge` ran."""
+    import cuda_emu
+    if not cuda_emu.available()[0]:
+        pytest.skip("kernel emulation needs g++")
+    from lnrt.kernels import cuda
+
+    monkeypatch.setenv("LNRT_CUDA_DEBUG", debug)
+    cp = cuda_emu.emulated_cupy(0, 0)
+    faulted = []
+    make = cp.RawModule
+
+    def raw_module(code, options=()):
+        mod = make(code, options)
+        get = mod.get_function
+
+        def get_function(name):
+            kernel = get(name)
+            return lambda grid, block, args: (kernel(grid, block, args), name == "merge" and faulted.append(name))
+        mod.get_function = get_function
+        return mod
+
+    def synchronize():
+        if faulted:
+            raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered")
+
+    cp.RawModule = raw_module
+    cp.cuda.get_current_stream = lambda: type("S", (), {"synchronize": staticmethod(synchronize)})
+    with cuda.use(cp), pytest.raises(RuntimeError) as err:
+        cuda.label_components(np.ones((4, 4, 4), bool), 26)
+    want = "kernel 'merge'" if debug == "1" else "connected components"
+    assert str(err.value).startswith(f"CUDA kernel failure in {want}: cudaErrorIllegalAddress"), str(err.value)

@@ -37,7 +37,7 @@ C_TYPES = {"unsigned char": np.uint8, "char": np.int8, "int": np.int32, "unsigne
 CTYPES = {np.uint8: ctypes.c_uint8, np.int8: ctypes.c_int8, np.int32: ctypes.c_int32, np.uint32: ctypes.c_uint32,
           np.int64: ctypes.c_int64, np.uint64: ctypes.c_uint64, np.float32: ctypes.c_float,
           np.float64: ctypes.c_double}
-FLAGS = "-fvisibility=hidden -Wl,-Bsymbolic; -c then -shared"  # part of the cache key
+FLAGS = "-fvisibility=hidden -ffp-contract=off -Wl,-Bsymbolic; -c then -shared"  # part of the cache key
 KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
 
 
@@ -83,13 +83,34 @@ def _wrappers(signatures: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compile_module(code: str, options=(), plain_hooks: bool = False) -> tuple:
+def asan_runtime() -> str | None:
+    """The path of GCC's AddressSanitizer runtime (libasan.so), or None when g++ has none."""
+    if shutil.which("g++") is None:
+        return None
+    path = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+def asan_environment() -> dict:
+    """The environment of a process that loads AddressSanitizer-built kernels (asan=True): Python itself is
+    not built with it, so its runtime is preloaded; leak checks are off (Python keeps memory to the end)."""
+    return {**os.environ, "LD_PRELOAD": asan_runtime() or "", "LNRT_EMU_ASAN": "1",
+            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=86:halt_on_error=1"}
+
+
+def compile_module(code: str, options=(), plain_hooks: bool = False, asan: bool = False) -> tuple:
     """(ctypes library, signatures) for a CUDA source, compiled once per (source, options, header, mode).
-    `plain_hooks`: instrument every load and store (GCC's -fsanitize=thread hooks, served by the header)."""
+    `plain_hooks`: instrument every load and store (GCC's -fsanitize=thread hooks, served by the header).
+    `asan`: build with AddressSanitizer, so a read or write outside an argument array stops the process
+    with ASan's report (the process needs `asan_environment()`)."""
+    if plain_hooks and asan:
+        raise ValueError("the emulator's plain-access hooks and AddressSanitizer do not combine")
     options = tuple(o for o in options if o.startswith("-D")) + (("-DEMU_PLAIN_HOOKS",) if plain_hooks else ())
+    options += ("-DEMU_ASAN",) if asan else ()
     signatures = parse_signatures(code, _index_type(options))
     text = code + "\n" + _wrappers(signatures)
-    key = hashlib.sha256("\0".join([text, *options, HEADER.read_text(encoding="utf-8"), FLAGS]).encode()).hexdigest()[:20]
+    parts = [text, *options, HEADER.read_text(encoding="utf-8"), FLAGS]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
     lib = CACHE / f"{key}.so"
     if not lib.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -100,10 +121,14 @@ def compile_module(code: str, options=(), plain_hooks: bool = False) -> tuple:
         # process that already loaded zlib's `compress` does not send the kernel's calls there
         obj = CACHE / f".{key}.{os.getpid()}.o"
         instrument = ["-fsanitize=thread"] if plain_hooks else []
-        steps = [["g++", "-std=c++17", "-O1", "-g", "-c", "-fPIC", "-fvisibility=hidden", *instrument, "-include",
+        linked = ["-fsanitize=address"] if asan else []
+        instrument += ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
+        # -ffp-contract=off: no fused multiply-adds, as NVRTC's --fmad=false (the kernels' arithmetic is NumPy's)
+        steps = [["g++", "-std=c++17", "-O1", "-g", "-c", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
+                  *instrument, "-include",
                   str(HEADER), *options, str(src), "-o", str(obj)],
                  # linked without the sanitizer: the header's hooks stand in for its runtime
-                 ["g++", "-shared", "-Wl,-Bsymbolic", str(obj), "-o", str(tmp)]]
+                 ["g++", "-shared", "-Wl,-Bsymbolic", *linked, str(obj), "-o", str(tmp)]]
         for cmd in steps:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
@@ -152,8 +177,9 @@ class Kernel:
 class RawModule:
     """cupy.RawModule's constructor and get_function, for the emulator."""
 
-    def __init__(self, code: str, options=(), schedule=lambda: (0, 0), plain_hooks: bool = False):
-        self.lib, self.signatures = compile_module(code, options, plain_hooks)
+    def __init__(self, code: str, options=(), schedule=lambda: (0, 0), plain_hooks: bool = False,
+                 asan: bool = False):
+        self.lib, self.signatures = compile_module(code, options, plain_hooks, asan)
         self.schedule = schedule
 
     def get_function(self, name: str) -> Kernel:
@@ -162,9 +188,11 @@ class RawModule:
         return Kernel(self.lib, name, self.signatures[name], self.schedule)
 
 
-def emulated_cupy(seed: int = 0, mode: int = 1) -> types.ModuleType:
+def emulated_cupy(seed: int = 0, mode: int = 1, asan: bool | None = None) -> types.ModuleType:
     """A module with the parts of CuPy's interface that lnrt's launchers use, on NumPy, whose RawModule
-    runs kernels under the emulator with this schedule (each launch gets its own seed)."""
+    runs kernels under the emulator with this schedule (each launch gets its own seed). `asan`: build the
+    kernels with AddressSanitizer (default: when LNRT_EMU_ASAN=1, which `asan_environment()` sets)."""
+    asan = os.environ.get("LNRT_EMU_ASAN") == "1" if asan is None else asan
     cp = types.ModuleType("cupy_emulated")
     launches = [0]
 
@@ -177,7 +205,8 @@ def emulated_cupy(seed: int = 0, mode: int = 1) -> types.ModuleType:
         setattr(cp, name, getattr(np, name))
     cp.asarray = lambda a, dtype=None: np.asarray(a, dtype=dtype)
     cp.asnumpy = lambda a: np.array(a, copy=True)
-    cp.RawModule = lambda code, options=(): RawModule(code, options, schedule, plain_hooks=mode == 2)
+    cp.RawModule = lambda code, options=(): RawModule(code, options, schedule, plain_hooks=mode == 2 and not asan,
+                                                      asan=asan)
     stream = types.SimpleNamespace(synchronize=lambda: None)
     cp.cuda = types.SimpleNamespace(get_current_stream=lambda: stream,
                                     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))

@@ -9,14 +9,17 @@
 // every atomic, so another thread's atomics can land between its read of a root and its atomicMin on it:
 // the interleavings that break a union-find whose author forgot to check an atomic's result. Mode 0 runs
 // each thread to its end (threads in random order). Mode 2 also switches at every plain load and store
-// (see EMU_PLAIN_HOOKS at the end), for races between a plain read and a later write. There is no __syncthreads and no shared memory here:
-// lnrt's kernels use neither.
+// (see EMU_PLAIN_HOOKS at the end), for races between a plain read and a later write. __syncthreads is a
+// barrier in every mode: a thread that reaches it waits (is not resumed) until every unfinished thread of
+// its block has reached it too. There is no shared memory: lnrt's kernels share through global memory.
 // A test tool, never the product's path (tests/cuda_emu/__init__.py loads the result with ctypes).
 #pragma once
 #include <ucontext.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <vector>
@@ -43,6 +46,7 @@ struct EmuFiber {
     std::vector<char> stack;
     unsigned int tid;
     bool done;
+    bool waiting;  // at a __syncthreads barrier
 };
 
 static ucontext_t emu_scheduler;
@@ -75,17 +79,20 @@ struct EmuBlock {
     unsigned int id;
     std::vector<EmuFiber> fibers;
     std::vector<unsigned int> live;
+    size_t waiting = 0;  // live threads at the barrier
 };
 
 EMU_NOSAN static void emu_start_block(EmuBlock& blk, unsigned int id, unsigned int block, size_t stack_size) {
     blk.id = id;
     blk.fibers.resize(block);
     blk.live.resize(block);
+    blk.waiting = 0;
     for (unsigned int t = 0; t < block; ++t) {
         EmuFiber& f = blk.fibers[t];
         f.stack.resize(stack_size);
         f.tid = t;
         f.done = false;
+        f.waiting = false;
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = f.stack.data();
         f.ctx.uc_stack.ss_size = stack_size;
@@ -116,8 +123,13 @@ EMU_NOSAN static void emu_run_grid(unsigned int grid, unsigned int block, unsign
         size_t r = (size_t)(rng() % resident.size());
         EmuBlock& blk = resident[r];
         if (blk.live.empty()) continue;
+        if (blk.waiting == blk.live.size()) {  // every live thread is at the barrier: release them
+            for (unsigned int t : blk.live) blk.fibers[t].waiting = false;
+            blk.waiting = 0;
+        }
         size_t pick = (size_t)(rng() % blk.live.size());
         EmuFiber& f = blk.fibers[blk.live[pick]];
+        if (f.waiting) continue;
         blockIdx = {blk.id, 0, 0};
         threadIdx = {f.tid, 0, 0};
         emu_current = &f;
@@ -125,6 +137,7 @@ EMU_NOSAN static void emu_run_grid(unsigned int grid, unsigned int block, unsign
         swapcontext(&emu_scheduler, &f.ctx);
         emu_in_fiber = false;
         emu_current = nullptr;
+        if (f.waiting) ++blk.waiting;
         if (!f.done) continue;
         blk.live[pick] = blk.live.back();
         blk.live.pop_back();
@@ -133,6 +146,26 @@ EMU_NOSAN static void emu_run_grid(unsigned int grid, unsigned int block, unsign
             else --active;
         }
     }
+}
+
+// __syncthreads: wait at the block's barrier (the scheduler releases it once all live threads are there)
+EMU_NOSAN static inline void __syncthreads() {
+    if (!emu_current) return;
+    emu_current->waiting = true;
+    ++emu_switches;
+    swapcontext(&emu_current->ctx, &emu_scheduler);
+}
+
+// CUDA's bit casts between double and long long
+EMU_NOSAN static inline long long __double_as_longlong(double v) {
+    long long b;
+    std::memcpy(&b, &v, sizeof b);
+    return b;
+}
+EMU_NOSAN static inline double __longlong_as_double(long long b) {
+    double v;
+    std::memcpy(&v, &b, sizeof v);
+    return v;
 }
 
 template <class T>
