@@ -204,7 +204,7 @@ def recist_slices(labels, ids, bbox, spacing_yx) -> tuple:
     base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     total = max(int(sizes.sum()), 1)
     acc = cp.zeros((t, _ACC), dtype=cp.uint64)
-    acc[:, list(_A_MINS)] = np.iinfo(np.uint64).max
+    acc[:, list(_A_MINS)] = np.uint64(np.iinfo(np.uint64).max)
     dirs = cp.ascontiguousarray(cp.asarray(_DIRS2, dtype=cp.float64))
     sy, sx = (float(v) for v in spacing_yx)
     out = cp.zeros((t, _OUT), dtype=cp.float64)

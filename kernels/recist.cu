@@ -126,7 +126,10 @@ __device__ float bilinear(const unsigned int* labels, int ny, int nx, const Task
     return top + fy * (bottom - top);
 }
 
-// where a chord crosses the level between samples a (outside side) and b: the twin's arithmetic
+// where a chord crosses the level between samples a (outside side) and b: the twin's arithmetic under
+// NumPy 2's promotion (NEP 50): the fraction in float32, times h in float32 where the twin's h is a Python
+// float and in float64 where it is a NumPy float64. (NumPy 1.x computes both products in float32: lengths
+// move by about 1e-8 mm, and among chords that long to within that, another may be taken first.)
 __device__ inline double crossing(double v, float num, float den, double h, int h64) {
     float q = num / fmaxf(den, 1e-12f);
     return h64 ? v + (double)q * h : v + (double)(q * (float)h);

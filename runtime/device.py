@@ -74,13 +74,36 @@ def probe_gpu(index: int = 0) -> GpuProbe:
                     round(int(props["totalGlobalMem"]) / 2**30, 1), int(driver), int(runtime))
 
 
+# how an allocation failure reads where it is not a MemoryError (CUDA runtime errors, ONNX Runtime's arena)
+OUT_OF_MEMORY = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bfcarena")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a device running out of memory (CuPy's OutOfMemoryError is a MemoryError)."""
+    return isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in OUT_OF_MEMORY)
+
+
+def host(a) -> np.ndarray:
+    """A NumPy array of `a`, wherever it lives (a device array is copied; a NumPy array is itself)."""
+    if hasattr(a, "__cuda_array_interface__") and hasattr(a, "get"):
+        return a.get()
+    return np.asarray(a)
+
+
 @dataclass(frozen=True)
 class Device:
-    """An array namespace (`xp`) and how to move data to it, wait for it and time it."""
+    """An array namespace (`xp`, with its `ndimage`) and how to move data to it, wait for it and time it;
+    `ops`, what the stages do differently on it (lnrt.device_ops)."""
 
     name: str  # "cpu", "cuda:0"
     kind: str  # "cpu" or "cuda"
     xp: Any = field(repr=False)
+    ndimage: Any = field(default=None, repr=False)  # scipy.ndimage's interface on this device
+
+    @functools.cached_property
+    def ops(self):
+        from .device_ops import ops_for
+        return ops_for(self)
 
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)
@@ -99,6 +122,14 @@ class Device:
         self.sync()
         return time.perf_counter()
 
+    def release(self) -> None:
+        """Hand the memory the array module keeps for reuse back to the device (CuPy's pools), so that a
+        scan after an out-of-memory failure starts from what is really in use."""
+        for pool in ("get_default_memory_pool", "get_default_pinned_memory_pool"):
+            get = getattr(self.xp, pool, None) if self.kind == "cuda" else None
+            if get is not None:
+                get().free_all_blocks()
+
     def describe(self) -> dict:
         out = {"device": self.kind}
         if self.kind == "cuda":
@@ -115,8 +146,10 @@ def cuda_device(index: int = 0) -> Device:
     if not probe.ok:
         raise LnrtError(f"--device cuda: no usable CUDA GPU ({probe.reason}); use --device cpu")
     import cupy
+    import cupyx.scipy.ndimage
 
-    return Device(f"cuda:{index}", "cuda", cupy)
+    cupy.cuda.Device(index).use()
+    return Device(f"cuda:{index}", "cuda", cupy, cupyx.scipy.ndimage)
 
 
 def check_device_name(device: str) -> None:

@@ -23,11 +23,11 @@ from typing import Callable
 import numpy as np
 
 from .config import RunConfig
-from .device import Device
+from .device import CPU, Device
 from .errors import LnrtError
 from .imageio import ScanInfo
-from .nodes import Frame, component_stats, index_map, label_components, label_dtype, measure_nodes
-from .preprocess import Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample, resampler
+from .nodes import Frame, index_map, label_dtype, measure_nodes
+from .preprocess import Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample
 from .region import NeckRegion, find_neck_region
 from .sliding_window import sliding_window
 from .volume import OBLIQUE_SILENT_DEG, Orientation, Volume, voxel_volume_mm3
@@ -49,6 +49,7 @@ class Prepared:
     image: np.ndarray | None  # normalized network input inside the box (z, y, x) float32
     body: np.ndarray | None  # body mask inside the box
     neck: NeckRegion | None = None  # where findings are reported, on the model grid (None: no rule)
+    ct: np.ndarray | None = None  # the scan in canonical order, on the device (on the CPU: a view of the input)
 
 
 @dataclass
@@ -99,28 +100,29 @@ def orientation(vol: Volume, source: str, warnings: list) -> Orientation:
 
 
 # -- prepare ---------------------------------------------------------------------------------------
-def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig) -> Prepared:
+def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig, dev: Device = CPU) -> Prepared:
     """The canonical scan resampled to the model grid, cropped to the body's box and normalized (what
-    the sliding window sees), with the body mask and the neck region."""
-    ct_c = orient.to_canonical(vol.array)
-    native = Grid(ct_c.shape, tuple(vol.spacing_zyx[list(orient.perm)]))
+    the sliding window sees), with the body mask and the neck region. The scan enters the device here,
+    once (on the CPU: not copied)."""
+    ct_c = orient.to_canonical(dev.asarray(vol.array))
+    native = Grid(tuple(ct_c.shape), tuple(vol.spacing_zyx[list(orient.perm)]))
     mgrid = model_grid(native, cfg.spacing_zyx)
-    hu = resample(ct_c, native, mgrid, linear=True, default=-1024.0)
-    body = body_mask(hu, cfg.body)
+    hu = resample(ct_c, native, mgrid, linear=True, default=-1024.0, dev=dev)
+    body = body_mask(hu, cfg.body, dev)
     margin = [math.ceil(cfg.body.margin_mm / s) for s in mgrid.spacing]
     box = bounding_box(body, margin)
     if box is None:
-        return Prepared(native, mgrid, None, None, None)
+        return Prepared(native, mgrid, None, None, None, ct=ct_c)
     neck = None
     if cfg.neck:
-        outline = body if cfg.body.enabled else body_mask(hu, replace(cfg.body, enabled=True))
+        outline = body if cfg.body.enabled else body_mask(hu, replace(cfg.body, enabled=True), dev)
         neck = find_neck_region(outline, mgrid.spacing, cfg.neck)
     x = normalize(hu[box_slices(box)], cfg.recipe)
-    return Prepared(native, mgrid, box, x, body[box_slices(box)], neck)
+    return Prepared(native, mgrid, box, x, body[box_slices(box)], neck, ct_c)
 
 
 def prepare(scan: Scan, dev: Device) -> None:
-    scan.prep = prepare_volume(scan.vol, scan.orient, scan.config)
+    scan.prep = prepare_volume(scan.vol, scan.orient, scan.config, dev)
     if scan.prep.box is None:
         scan.warn(f"{scan.source}: no body found above {scan.config.body.threshold_hu:g} HU; no nodes")
 
@@ -139,7 +141,13 @@ def window(scan: Scan, dev: Device) -> None:
 
     def predict(batch):
         t0 = dev.clock()
-        out = scan.backend.run(batch)
+        try:
+            if getattr(scan.backend, "device", "cpu") == "cpu" and dev.kind != "cpu":  # the CPU fallback
+                out = dev.asarray(scan.backend.run(dev.to_host(batch)))
+            else:
+                out = scan.backend.run(batch)
+        except MemoryError as exc:
+            raise NetworkOutOfMemory(str(exc)) from exc
         net[0] += dev.clock() - t0
         return out
 
@@ -152,12 +160,16 @@ def window(scan: Scan, dev: Device) -> None:
     while True:
         try:
             scan.logits, scan.covered = sliding_window(prep.image, predict, cfg, mask=prep.body,
-                                                       progress=tiles_done)
+                                                       progress=tiles_done, xp=dev.xp)
             break
-        except MemoryError as exc:
+        except NetworkOutOfMemory as exc:  # the stage's own allocations are the session's to handle
             cfg = _after_out_of_memory(scan, cfg, exc)
     scan.timings["network"] = net[0]
     scan.timings["accumulate"] = dev.clock() - t0 - net[0]
+
+
+class NetworkOutOfMemory(MemoryError):
+    """The backend ran out of memory for a batch (not the stage's own arrays)."""
 
 
 def _after_out_of_memory(scan: Scan, cfg, exc):
@@ -177,11 +189,11 @@ def _after_out_of_memory(scan: Scan, cfg, exc):
 
 
 # -- restore ---------------------------------------------------------------------------------------
-def activate(logits: np.ndarray, activation: str) -> np.ndarray:
+def activate(logits: np.ndarray, activation: str, xp=np) -> np.ndarray:
     if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
+        return 1.0 / (1.0 + xp.exp(-logits))
     logits = logits - logits.max(axis=0, keepdims=True)
-    np.exp(logits, out=logits)
+    xp.exp(logits, out=logits)
     logits /= logits.sum(axis=0, keepdims=True)
     return logits
 
@@ -211,14 +223,14 @@ def dilate(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def candidate_boxes(score: np.ndarray, crop: Grid, native: Grid, region: tuple) -> list:
+def candidate_boxes(score: np.ndarray, crop: Grid, native: Grid, region: tuple, dev: Device = CPU) -> list:
     """Native boxes (within `region`) that hold every voxel whose interpolated score can exceed 0.5:
     one per 26-connected part of the model-grid voxels above CANDIDATE_SCORE, grown by two model voxels
     (the 2x2x2 interpolation cell, plus one of slack) and one native voxel."""
-    parts, n = label_components(dilate(score > CANDIDATE_SCORE), 26)
+    parts, n = dev.ops.label(dilate(score > CANDIDATE_SCORE), 26)
     if n == 0:
         return []
-    bbox = component_stats(parts, n)["bbox"]
+    bbox = dev.ops.stats(parts, n)["bbox"]
     boxes = []
     for b in bbox:
         box = []
@@ -238,23 +250,23 @@ def restore(scan: Scan, dev: Device) -> None:
     boxes where a native voxel can be foreground (elsewhere it is background by construction)."""
     if scan.logits is None:
         return
-    prep, cfg = scan.prep, scan.config
-    probs = activate(scan.logits, cfg.activation)
+    prep, cfg, xp = scan.prep, scan.config, dev.xp
+    probs = activate(scan.logits, cfg.activation, xp)
     scan.logits = None
     probs[:, ~scan.covered] = 0.0
     probs[0, ~scan.covered] = 1.0
     crop = prep.grid.crop(prep.box)
     binary = len(cfg.classes) == 2
     score = probs[1] if binary else 1.0 - probs[0]
-    boxes = candidate_boxes(score, crop, prep.native, native_region(prep.native, crop))
+    boxes = candidate_boxes(score, crop, prep.native, native_region(prep.native, crop), dev)
     if not boxes:
         return
     fg_box = tuple((min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)) for a in range(3))
     shape = tuple(hi - lo for lo, hi in fg_box)
-    scan.fg_box, scan.fg = fg_box, np.zeros(shape, bool)
-    scan.prob = np.zeros(shape, np.float32)
-    scan.classes = None if binary else np.zeros(shape, np.uint8)
-    channels = [resampler(p, crop) for p in (probs[1:2] if binary else probs)]
+    scan.fg_box, scan.fg = fg_box, xp.zeros(shape, bool)
+    scan.prob = xp.zeros(shape, np.float32)
+    scan.classes = None if binary else xp.zeros(shape, np.uint8)
+    channels = [dev.ops.resampler(p, crop) for p in (probs[1:2] if binary else probs)]
     for box in boxes:
         dst = prep.native.crop(box)
         sl = tuple(slice(lo - f[0], hi - f[0]) for (lo, hi), f in zip(box, fg_box))
@@ -263,7 +275,7 @@ def restore(scan: Scan, dev: Device) -> None:
             scan.fg[sl] |= back[0] > 0.5
             scan.prob[sl] = back[0]
         else:
-            cls = np.argmax(np.stack(back), axis=0).astype(np.uint8)
+            cls = xp.argmax(xp.stack(back), axis=0).astype(np.uint8)
             scan.classes[sl], scan.fg[sl], scan.prob[sl] = cls, cls > 0, 1.0 - back[0]
 
 
@@ -273,14 +285,14 @@ def components(scan: Scan, dev: Device) -> None:
     if scan.fg is None:
         return
     cfg = scan.config
-    labels, n = label_components(scan.fg, cfg.connectivity)
+    labels, n = dev.ops.label(scan.fg, cfg.connectivity)
     scan.fg = None
     lo = [a for a, _ in scan.fg_box]
-    ct = scan.orient.to_canonical(scan.vol.array)[box_slices(scan.fg_box)]
+    ct = scan.prep.ct[box_slices(scan.fg_box)]
     k = len(cfg.classes) if scan.classes is not None else 0
     scan.labels = labels
-    scan.stats = component_stats(labels, n, ct, scan.prob, scan.classes, k,
-                                 first_map=index_map(scan.orient, scan.vol.shape, lo))
+    scan.stats = dev.ops.stats(labels, n, ct, scan.prob, scan.classes, k,
+                               first_map=index_map(scan.orient, scan.vol.shape, lo))
     keep = scan.stats["count"] >= max(cfg.min_voxels(voxel_volume_mm3(scan.vol)), 1)
     scan.ids = np.flatnonzero(keep) + 1
 
@@ -313,11 +325,17 @@ def rules(scan: Scan, dev: Device) -> None:
 
 # -- measure and output ----------------------------------------------------------------------------
 def measure(scan: Scan, dev: Device) -> None:
-    """RECIST axes and report rows of the components still reported."""
+    """RECIST axes and report rows of the components still reported. The axes are measured where the
+    labels are (on a GPU: every node at once); then the labels over the nodes' box come to the host, the
+    one array besides the node table that leaves the device."""
     if scan.stats is None or scan.ids.size == 0:
+        scan.labels = dev.to_host(scan.labels)
         return
+    sp_c = scan.vol.spacing_zyx[list(scan.orient.perm)]
+    axes = dev.ops.axes(scan.labels, scan.ids, scan.stats["bbox"][scan.ids - 1], sp_c)
+    scan.labels = dev.to_host(scan.labels)
     frame = Frame(tuple(a for a, _ in scan.fg_box), scan.vol, scan.orient)
-    scan.nodes = measure_nodes(scan.labels, scan.ids, scan.stats, frame, list(scan.config.classes))
+    scan.nodes = measure_nodes(scan.labels, scan.ids, scan.stats, frame, list(scan.config.classes), axes=axes)
 
 
 def output(scan: Scan, dev: Device) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cc3d
 import numpy as np
 import SimpleITK as sitk
 
+from .device import CPU, host
 from .errors import LnrtError
 
 
@@ -73,14 +73,14 @@ def resampler(array: np.ndarray, src: Grid, linear: bool = True, default: float 
 
 
 def resample(array: np.ndarray, src: Grid, dst: Grid, linear: bool = True,
-             default: float = 0.0) -> np.ndarray:
+             default: float = 0.0, dev=CPU) -> np.ndarray:
     """Resample a (z, y, x) array from grid `src` onto grid `dst` (a new float32 array, never a view:
-    callers normalize it in place, and the input must stay untouched)."""
-    if array.shape != tuple(src.shape):
-        raise ValueError(f"array {array.shape} does not match grid {src.shape}")
+    callers normalize it in place, and the input must stay untouched), on the array's device `dev`."""
+    if tuple(array.shape) != tuple(src.shape):
+        raise ValueError(f"array {tuple(array.shape)} does not match grid {src.shape}")
     if src == dst:
-        return np.array(array, dtype=np.float32)
-    return resampler(array, src, linear, default)(dst)
+        return dev.xp.array(array, dtype=dev.xp.float32)
+    return dev.ops.resampler(array, src, linear, default)(dst)
 
 
 def normalize(hu: np.ndarray, recipe: dict) -> np.ndarray:
@@ -89,12 +89,12 @@ def normalize(hu: np.ndarray, recipe: dict) -> np.ndarray:
     out = hu if hu.dtype == np.float32 else hu.astype(np.float32)
     if scheme == "ct_zscore":
         lo, hi = recipe["clip_hu"]
-        np.clip(out, lo, hi, out=out)
+        out.clip(lo, hi, out=out)
         out -= np.float32(recipe["mean"])
         out /= np.float32(recipe["std"])
     elif scheme == "window":
         lo, hi = recipe["window_hu"]
-        np.clip(out, lo, hi, out=out)
+        out.clip(lo, hi, out=out)
         out -= np.float32(lo)
         out /= np.float32(hi - lo)
     else:
@@ -112,17 +112,18 @@ class BodyCropConfig:
     enabled: bool = True
 
 
-def body_mask(hu: np.ndarray, cfg: BodyCropConfig) -> np.ndarray:
+def body_mask(hu: np.ndarray, cfg: BodyCropConfig, dev=CPU) -> np.ndarray:
     """Voxels of the body: above the threshold and in a large connected part (drops noise, specks)."""
+    xp = dev.xp
     if not cfg.enabled:
-        return np.ones(hu.shape, dtype=bool)
+        return xp.ones(hu.shape, dtype=bool)
     mask = hu > cfg.threshold_hu
-    if not mask.any():
+    if not bool(mask.any()):
         return mask
-    labels, n = cc3d.connected_components(mask, connectivity=6, return_N=True)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    labels, n = dev.ops.label(mask, 6)
+    counts = xp.bincount(labels.ravel(), minlength=n + 1)
     counts[0] = 0
-    keep = counts >= max(1, cfg.min_part * counts.max())
+    keep = counts >= max(1, cfg.min_part * int(counts.max()))
     return keep[labels]
 
 
@@ -131,7 +132,7 @@ def bounding_box(mask: np.ndarray, margin_vox=(0, 0, 0)) -> tuple | None:
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
+        hit = np.flatnonzero(host(mask.any(axis=other)))
         if hit.size == 0:
             return None
         lo = max(0, int(hit[0]) - int(margin_vox[axis]))

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 
+from .device import host
+
 OPEN_RADIUS_MM = 4.0  # thicker than a couch skin or a thermoplastic mask (2-3 mm), thinner than a neck
 SAMPLE_MM = 2.0  # in-plane sampling of the width measurement (the limits are 60 and 200 mm)
 
@@ -119,7 +121,7 @@ def slice_extents(body: np.ndarray, spacing_zyx) -> tuple:
     along x from the grid's edge, low and high; NaN where there is no body) and whether it reaches a
     side edge of the image there."""
     step = [max(1, int(round(SAMPLE_MM / s))) for s in spacing_zyx[1:]]
-    m = np.asarray(body, dtype=bool)[:, ::step[0], ::step[1]]
+    m = host(body[:, ::step[0], ::step[1]]).astype(bool, copy=False)  # 2 mm in-plane: small, on the host
     sy, sx = spacing_zyx[1] * step[0], spacing_zyx[2] * step[1]
     r = int(round(OPEN_RADIUS_MM / min(sy, sx)))
     core = _erode(m, r)

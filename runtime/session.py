@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from ._version import __version__
 from .backends import REGISTRY, available, choose
 from .config import RunConfig
-from .device import CPU
+from .device import CPU, cuda_device, out_of_memory
 from .errors import LnrtError
 from .imageio import ScanHeader, ScanInfo, probe_scan, read_labels, read_scan, stem_of, to_sitk
 from .nodes import Frame, check_connectivity, component_stats, index_map, label_components, measure_nodes
@@ -160,9 +160,9 @@ class Session:
         file_variant = "fp32" if variant == "bf16" else variant
         precision = "bf16" if variant == "bf16" else "f32"
         name, self.backend_device = choose(self._gated_backend(file_variant, backend), device, precision)
-        # The stages run on the CPU until their device twins exist (the GPU path's issue): a GPU backend
-        # then takes and returns host arrays, and ONNX Runtime moves each batch to the GPU and back.
-        self.device = CPU
+        # The stages run where the network runs: with a GPU backend the scan enters the GPU once and only the
+        # labels over the nodes' box and the node table come back (lnrt.pipeline, lnrt.device_ops)
+        self.device = cuda_device() if self.backend_device == "cuda" else CPU
         # verified now, whether the package was loaded here or handed in: a file swapped since
         # ModelPackage.load is refused, and the report carries the sha256 of what the backend reads
         self.model_sha256 = self.package.verify_model(file_variant)
@@ -256,14 +256,40 @@ class Session:
             self.check_memory(header.shape_zyx, header.spacing_zyx, str(header.path), header.itemsize)
             vol, info = read_scan(header, check_hu=check_hu)
         timings = {"read": self.device.clock() - t0}
-        warnings: list = []
-        ctx = Scan(vol, info, self.config, orientation(vol, info.path, warnings), self.backend, progress,
-                   self._cpu_fallback if self.backend_device != "cpu" else None, warnings, timings)
-        run_stages(ctx, self.device)
+        ctx = self._scan(vol, info, progress, timings, self.backend, self.device)
+        t0 = time.perf_counter()
+        try:
+            run_stages(ctx, self.device)
+        except Exception as exc:  # out of GPU memory in a stage: the scan again, on the CPU
+            ctx = self._again_on_the_cpu(ctx, exc, time.perf_counter() - t0)
+        warnings = ctx.warnings
         timings["total"] = sum(timings.values())
         nodes = node_references(ctx.nodes, vol, ctx.orient, vol.array, info.files if info.kind == "dicom" else ())
         return Result(labels=ctx.output, geometry=vol, nodes=nodes, timings=timings, info=info,
                       model=self.model_info(), settings=settings(ctx), warnings=warnings)
+
+    def _scan(self, vol: Volume, info: ScanInfo, progress, timings: dict, backend, device, warnings=None) -> Scan:
+        warnings = [] if warnings is None else warnings
+        fallback = self._cpu_fallback if device.kind != "cpu" or self.backend_device != "cpu" else None
+        return Scan(vol, info, self.config, orientation(vol, info.path, warnings), backend, progress, fallback,
+                    warnings, timings)
+
+    def _again_on_the_cpu(self, ctx: Scan, exc: Exception, spent_s: float) -> Scan:
+        """After `exc` in a stage on a GPU: when it is the GPU's memory (CuPy's OutOfMemoryError is a
+        MemoryError; a failed CUDA allocation says so), the scan runs again on the CPU device and backend,
+        with a warning, and the time lost is its own timing; anything else is raised."""
+        if self.device.kind == "cpu" or not out_of_memory(exc):
+            raise exc
+        self.device.release()
+        reason = " ".join(str(exc).split())[:160]
+        warning = (f"{ctx.source}: out of memory in the stages on {self.device.name} ({reason}); this scan ran "
+                   f"on the CPU ({self._cpu_fallback().name})")
+        log.warning("%s", warning)
+        timings = {"read": ctx.timings.get("read", 0.0), "failed_on_gpu": spent_s}
+        ctx.timings.clear()
+        ctx.timings.update(timings)
+        again = self._scan(ctx.vol, ctx.info, ctx.progress, ctx.timings, self._cpu_fallback(), CPU, [warning])
+        return run_stages(again, CPU)
 
     def _cpu_fallback(self):
         """The CPU backend a scan falls back to when the GPU runs out of memory (made once, kept)."""

@@ -74,14 +74,14 @@ def _mirror_sets(axes: tuple) -> list:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-def _predict_tta(predict: Predictor, batch: np.ndarray, mirror_axes: tuple) -> np.ndarray:
+def _predict_tta(predict: Predictor, batch: np.ndarray, mirror_axes: tuple, xp=np) -> np.ndarray:
     sets = _mirror_sets(mirror_axes)
     total = None
     for flip in sets:
         spatial = tuple(a + 2 for a in flip)  # batch is (B, C, z, y, x)
-        x = np.flip(batch, spatial) if spatial else batch
-        y = predict(np.ascontiguousarray(x)).astype(np.float32, copy=False)
-        y = np.flip(y, spatial) if spatial else y
+        x = xp.flip(batch, spatial) if spatial else batch
+        y = predict(xp.ascontiguousarray(x)).astype(np.float32, copy=False)
+        y = xp.flip(y, spatial) if spatial else y
         total = y.copy() if total is None else total + y
     return total / np.float32(len(sets))
 
@@ -93,8 +93,9 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConfig,
                    mask: np.ndarray | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> tuple:
-    """Run `predict` over tiles of `image` ((C, z, y, x) or (z, y, x)).
+                   progress: Callable[[int, int], None] | None = None, xp=np) -> tuple:
+    """Run `predict` over tiles of `image` ((C, z, y, x) or (z, y, x)), arrays of the namespace `xp`
+    (NumPy, or CuPy: tiles, weights and sums then stay on the GPU).
 
     `predict` maps a float32 batch (B, C, pz, py, px) to logits (B, K, pz, py, px).
     Returns (logits (K, z, y, x) float32, covered (z, y, x) bool).
@@ -110,25 +111,25 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
     if padded_shape != spatial:
         pad_value = float(image.min()) if cfg.pad_value is None else cfg.pad_value
         pads = [(0, 0)] + [(0, ps - s) for ps, s in zip(padded_shape, spatial)]
-        image = np.pad(image, pads, constant_values=pad_value)
+        image = xp.pad(image, pads, constant_values=pad_value)
         if mask is not None:
-            mask = np.pad(mask, pads[1:], constant_values=False)
+            mask = xp.pad(mask, pads[1:], constant_values=False)
     todo = tiles(padded_shape, cfg)
     if mask is not None:
-        todo = [t for t in todo if mask[t].any()]
-    weight = gaussian_importance(cfg.patch, cfg.sigma_scale)
+        todo = [t for t in todo if bool(mask[t].any())]
+    weight = xp.asarray(gaussian_importance(cfg.patch, cfg.sigma_scale))
     acc = None
-    wsum = np.zeros(padded_shape, dtype=np.float32)
+    wsum = xp.zeros(padded_shape, dtype=np.float32)
     done = 0
     if progress:
         progress(0, len(todo))
     for group in _batches(todo, cfg.batch_size):
-        batch = np.stack([image[(slice(None),) + t] for t in group]).astype(np.float32, copy=False)
-        logits = _predict_tta(predict, batch, cfg.mirror_axes)
+        batch = xp.stack([image[(slice(None),) + t] for t in group]).astype(np.float32, copy=False)
+        logits = _predict_tta(predict, batch, cfg.mirror_axes, xp)
         if logits.shape[0] != len(group) or logits.shape[2:] != tuple(cfg.patch):
             raise ValueError(f"predictor returned {logits.shape} for a batch of {batch.shape}")
         if acc is None:
-            acc = np.zeros((logits.shape[1],) + padded_shape, dtype=np.float32)
+            acc = xp.zeros((logits.shape[1],) + padded_shape, dtype=np.float32)
         for t, y in zip(group, logits):
             acc[(slice(None),) + t] += y * weight
             wsum[t] += weight
@@ -141,5 +142,5 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
     if acc is None:  # nothing to run: no tile touched the mask
         return None, covered
     acc = acc[(slice(None),) + crop]
-    np.divide(acc, wsum, out=acc, where=covered)
+    acc /= xp.where(covered, wsum, np.float32(1.0))  # uncovered voxels hold 0 and keep it
     return acc, covered

@@ -26,10 +26,12 @@ class DeviceArray(np.ndarray):
         return {"data": (self.ctypes.data, False), "shape": self.shape, "typestr": self.dtype.str, "version": 3}
 
 
+SYNCS = []  # the fake device stream's synchronizations
 DEVICE_XP = types.SimpleNamespace(
     float32=np.float32,
     ascontiguousarray=lambda a, dtype=None: np.ascontiguousarray(a, dtype=dtype).view(DeviceArray),
-    empty=lambda shape, dtype=None: np.empty(shape, dtype).view(DeviceArray))
+    empty=lambda shape, dtype=None: np.empty(shape, dtype).view(DeviceArray),
+    cuda=types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: SYNCS.append(1))))
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,10 @@ def test_io_binding_equals_the_plain_session_on_host_and_device_arrays(pkg, tile
     host = OrtBoundBackend(pkg.onnx_path(), threads=2, provider="CPUExecutionProvider")
     np.testing.assert_array_equal(host.run(tiles), ref)
     dev = OrtBoundBackend(pkg.onnx_path(), threads=2, provider="CPUExecutionProvider", array_module=DEVICE_XP)
+    SYNCS.clear()
     out = dev.run(tiles.view(DeviceArray))
     assert isinstance(out, DeviceArray) and out.shape == ref.shape  # the output stays on the "device"
+    assert SYNCS == [1]  # CuPy's stream is waited for before ONNX Runtime (on its own stream) reads the batch
     np.testing.assert_array_equal(np.asarray(out), ref)
 
 

@@ -301,8 +301,8 @@ def test_recist_axes_equal_the_cpu_twin(twin, seed):
 
 
 def test_recist_axes_of_a_large_structure_and_of_absent_ids(twin):
-    """A 160 x 270 mm structure, where the chord caps bind (256 lines, 512 samples; the chord step becomes
-    a float64 number, a branch of its own), and an id with no voxel in its box (None, as the CPU twin)."""
+    """A 160 x 270 mm structure, where the chord caps bind (256 lines, 512 samples: the steps grow past
+    0.25 px), and an id with no voxel in its box (None, as the CPU twin)."""
     yy, xx = np.mgrid[:420, :400]
     labels = np.zeros((3, 420, 400), np.uint16)
     labels[:, ((yy - 210) / 200.0) ** 2 + ((xx - 200) / 150.0) ** 2 <= 1] = 1

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device import OUT_OF_MEMORY as OOM_MARKERS
 from ..errors import LnrtError
 from .base import Backend
-
-OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bfcarena")
 
 
 def _device_pointer(a) -> int | None:
@@ -80,7 +79,12 @@ class OrtBoundBackend(Backend):
                           _device_pointer(batch))
             io.bind_output(self.output_name, self.bind_type, self.device_id, np.float32, out.shape,
                            _device_pointer(out))
+            # ONNX Runtime runs on its own stream: the batch, written on CuPy's, must be complete before it
+            # reads it, and the output complete before CuPy reads it
+            xp.cuda.get_current_stream().synchronize()
+            io.synchronize_inputs()
             self.session.run_with_iobinding(io)
+            io.synchronize_outputs()
             return out
         except Exception as exc:  # onnxruntime's Fail / RuntimeException
             if any(m in str(exc).lower() for m in OOM_MARKERS):

@@ -211,4 +211,17 @@ def emulated_cupy(seed: int = 0, mode: int = 1, asan: bool | None = None) -> typ
     cp.cuda = types.SimpleNamespace(get_current_stream=lambda: stream,
                                     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
     cp.emulated = True
+    cp.__getattr__ = lambda name: getattr(np, name)  # the rest of CuPy's interface is NumPy's (PEP 562)
     return cp
+
+
+def emulated_device(seed: int = 0, mode: int = 1):
+    """(device, module): a `lnrt.device.Device` of kind "cuda" whose arrays are NumPy's and whose
+    `ndimage` is SciPy's, and the emulated CuPy to run its kernels with (`lnrt.kernels.cuda.use(module)`):
+    the NumPy stand-in on which the device pipeline's code runs in CI, unchanged."""
+    import scipy.ndimage
+
+    from lnrt.device import Device
+
+    cp = emulated_cupy(seed, mode)
+    return Device("cuda:emulated", "cuda", cp, scipy.ndimage), cp
