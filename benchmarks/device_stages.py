@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+import gpu_side  # benchmarks/, beside this script
+
 AFTER_NETWORK = ("postprocess", "components", "rules", "measure", "output")
 
 
@@ -57,16 +59,14 @@ def main() -> None:
     args = ap.parse_args()
     import lnrt
     from lnrt.bench import parse_size, synthetic_scan
-    from lnrt.device import CPU, cuda_device, probe_gpu
+    from lnrt.device import CPU, cuda_device
 
-    probe = probe_gpu()
-    if not probe.ok and not args.emulate:
-        print(f"no usable GPU here ({probe.reason}); nothing measured")
+    if not gpu_side.usable(args.emulate):
         return
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         s = stack.enter_context(lnrt.Session(backend=args.backend))
-        device, pool = (stack.enter_context(emulation()), None) if args.emulate else (cuda_device(), _pool())
+        device, pool = (stack.enter_context(gpu_side.emulation()), None) if args.emulate else (cuda_device(), _pool())
         path = synthetic_scan(parse_size(args.size), out_dir=Path(tmp))
         cpu, a = _runs(s, path, CPU, args.repeat)
         gpu, b = _runs(s, path, device, args.repeat)
@@ -77,17 +77,6 @@ def main() -> None:
 def _pool():
     import cupy
     return cupy.get_default_memory_pool()
-
-
-@contextlib.contextmanager
-def emulation():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import cuda_emu
-
-    from lnrt.kernels import cuda
-    device, cp = cuda_emu.emulated_device(0, 1)
-    with cuda.use(cp):
-        yield device
 
 
 def report(args, cpu: dict, gpu: dict, a, b, pool) -> None:

@@ -27,7 +27,8 @@ import numpy as np
 
 from lnrt import nodes
 from lnrt.bench import machine_info, save_result
-from lnrt.device import probe_gpu
+
+import gpu_side  # benchmarks/, beside this script
 
 
 def blobs(shape, n: int, seed: int = 0) -> np.ndarray:
@@ -66,22 +67,9 @@ def main() -> None:
     args = ap.parse_args()
     from lnrt.kernels import cuda
 
-    probe = probe_gpu()
-    if not probe.ok and not args.emulate:
-        print(f"no usable GPU here ({probe.reason}); nothing measured")
-        return
-    with emulation() if args.emulate else contextlib.nullcontext():
-        run(args, cuda.cupy(), cuda)
-
-
-@contextlib.contextmanager
-def emulation():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import cuda_emu
-
-    from lnrt.kernels import cuda
-    with cuda.use(cuda_emu.emulated_cupy(0, 1)):
-        yield
+    if gpu_side.usable(args.emulate):
+        with gpu_side.emulation() if args.emulate else contextlib.nullcontext():
+            run(args, cuda.cupy(), cuda)
 
 
 def run(args, cp, cuda) -> None:
