@@ -26,7 +26,7 @@ from ._version import __version__
 from .backends import REGISTRY, available, choose
 from .config import RunConfig
 from .device import CPU, cuda_device, out_of_memory
-from .errors import LnrtError
+from .errors import LnrtError, one_line
 from .imageio import ScanHeader, ScanInfo, probe_scan, read_labels, read_scan, stem_of, to_sitk
 from .nodes import Frame, check_connectivity, component_stats, index_map, label_components, measure_nodes
 from .outputs import SCHEMA, Output, OutputPlan, contract_outputs, write_image_file, write_outputs
@@ -281,9 +281,8 @@ class Session:
         if self.device.kind == "cpu" or not out_of_memory(exc):
             raise exc
         self.device.release()
-        reason = " ".join(str(exc).split())[:160]
-        warning = (f"{ctx.source}: out of memory in the stages on {self.device.name} ({reason}); this scan ran "
-                   f"on the CPU ({self._cpu_fallback().name})")
+        warning = (f"{ctx.source}: out of memory in the stages on {self.device.name} ({one_line(exc, 160)}); "
+                   f"this scan ran on the CPU ({self._cpu_fallback().name})")
         log.warning("%s", warning)
         timings = {"read": ctx.timings.get("read", 0.0), "failed_on_gpu": spent_s}
         ctx.timings.clear()
