@@ -1,7 +1,10 @@
 """Build an lnrt model package from a PyTorch module: ONNX export, parity with PyTorch, gated variants.
 
-Everything is written into a staging folder beside `out` and renamed into place at the end, so a failed
-export leaves nothing behind. Steps:
+Everything is written into a staging folder beside `out` (`.OUT.staging`) and renamed into place at the
+end, so a failed export leaves nothing behind. A staging folder that a killed export left (the
+out-of-memory killer, kill -9: no `finally` runs) is removed by the next export to the same `out`, with a
+note; one whose export is still running (it holds the flock on the folder's `.lock`) is refused instead.
+Each step logs a progress line with the elapsed time (`lnrt.export.Progress`). Steps:
 1. export the module (`lnrt.export.torch_export`), axis transpose baked into the graph when the model was
    trained on another axis order (nnU-Net's `transpose_forward`), so the ONNX always takes and returns
    lnrt's (z, y, x) patches;
@@ -11,14 +14,19 @@ export leaves nothing behind. Steps:
 """
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from pathlib import Path
 
-from lnrt.atomic import commit
+from lnrt.atomic import commit, lock_file
 from lnrt.errors import LnrtError
 from lnrt.package import ModelPackage, make_manifest, write_manifest
 
+from . import Progress
 from .torch_export import export_module, first_output, torch_parity
+
+log = logging.getLogger("lnrt")
 
 ARGMAX_DICE_MIN = 0.999
 
@@ -27,25 +35,27 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
                   classes, provenance: dict, transpose=(0, 1, 2), mirror_axes=(), variants=(),
                   calib=None, keep=(), force: bool = False, overwrite: bool = False,
                   min_volume_mm3: float = 10.0, probe_volumes: int = 1, threads: int | None = None,
-                  body_crop: bool = True) -> Path:
+                  tiling: str = "body_box") -> Path:
     out = Path(out)
     if out.exists() and not overwrite:
         raise LnrtError(f"{out}: already exists; expected a new folder (or --overwrite)")
-    stage = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    progress = Progress()
+    stage, lock = _staging(out)
     try:
+        progress("exporting the network to ONNX")
         net = first_output(module, transpose)
         model, check = export_module(net, patch_zyx)
         (stage / "model.onnx").write_bytes(model.SerializeToString())
+        progress(f"ONNX written ({(stage / 'model.onnx').stat().st_size / 1e6:.1f} MB); checking it against "
+                 f"PyTorch on {probe_volumes} phantom(s)")
         sw = {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [], "batch_size": 2,
               "allowed_mirror_axes": [int(a) for a in mirror_axes]}
         prov = dict(provenance)
         prov["export"] = check
         manifest = make_manifest(name, version, spacing_zyx, patch_zyx, normalization, prov,
                                  classes=classes, min_volume_mm3=min_volume_mm3, sliding_window=sw)
-        if not body_crop:
-            manifest["body_crop"] = {"enabled": False}
+        if tiling != "body_box":  # see lnrt.preprocess.BodyCropConfig
+            manifest["body_crop"] = {**manifest["body_crop"], "tiling": tiling}
         write_manifest(stage, manifest)
         pkg = ModelPackage.load(stage)
         parity = _parity_on_phantoms(pkg, net, probe_volumes, threads)
@@ -57,13 +67,33 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
         write_manifest(stage, manifest)
         if variants:
             from .variants import add_variants
-            add_variants(stage, variants, calib=calib, keep=keep, force=force, threads=threads)
+            add_variants(stage, variants, calib=calib, keep=keep, force=force, threads=threads, progress=progress)
         if out.exists() and not out.is_dir():
             out.unlink()
+        (stage / ".lock").unlink()  # the flock stays on the open file until the end
         commit(stage, out)  # an older package folder there is replaced
+        progress(f"package written to {out}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        os.close(lock)
     return out
+
+
+def _staging(out: Path) -> tuple:
+    """(the staging folder beside `out`, the fd holding its lock): a stale one from a killed export is
+    removed first; one that a running export holds is refused."""
+    stage = out.with_name(f".{out.name}.staging")
+    if stage.is_dir() and (stage / ".lock").exists():
+        try:
+            os.close(lock_file(stage / ".lock"))
+        except BlockingIOError as exc:
+            raise LnrtError(f"{out}: another export is writing this package ({stage} is {exc}); expected one "
+                            "export per output folder") from None
+    if stage.exists():
+        log.warning("removing %s, left by an export that did not finish", stage)
+        shutil.rmtree(stage) if stage.is_dir() else stage.unlink()
+    stage.mkdir(parents=True)
+    return stage, lock_file(stage / ".lock")
 
 
 def _parity_on_phantoms(pkg: ModelPackage, net, n: int, threads) -> dict:

@@ -5,7 +5,13 @@ volumes the calibration never saw and compares what a user receives: the node ma
 all volumes), the node count, and the short axis of every FP32 node matched to the candidate node that
 overlaps it most. It also compares raw logits on network tiles (max absolute difference, argmax
 agreement). Thresholds (issue #4): Dice >= 0.99 for FP16 and bf16, >= 0.97 for INT8; matched short axes
-within 0.5 mm.
+within 0.5 mm. A gate stops at the first volume after which it cannot pass any more (a short axis out of
+tolerance, or a pooled Dice below the threshold even if every remaining volume matched perfectly), so
+a failing variant of a large model does not run every volume (issue 22).
+
+The FP32 reference (`fp32_reference`) is computed once per backend and kept as results and tile logits,
+its session closed: a real-sized network's sessions hold gigabytes of activations, and only one session
+is open at a time during an export.
 
 When a gate fails, `layer_errors` says where precision is lost: both models run one tile with every
 convolution's output exposed, and the nodes whose relative error grows most from their inputs to their
@@ -49,12 +55,12 @@ def gate_volumes(n: int = 3, seed0: int = GATE_SEED0) -> list:
     return [(f"phantom_{seed0 + i}", random_scan(seed0 + i)[0]) for i in range(n)]
 
 
-def calibration_tiles(session, volumes: list, per_volume: int = 6, seed: int = 0) -> list:
+def iter_calibration_tiles(session, volumes, per_volume: int = 6, seed: int = 0):
     """Network input tiles (1, C, z, y, x) at random positions inside each volume's body box,
-    preprocessed exactly as inference does."""
+    preprocessed exactly as inference does, made one volume at a time as they are consumed (`volumes`
+    may be a lazy iterable of (name, volume))."""
     rng = np.random.default_rng(seed)
     patch = np.array(session.package.patch_zyx)
-    tiles = []
     for _, vol in volumes:
         x = padded_input(session, vol)
         if x is None:
@@ -63,8 +69,12 @@ def calibration_tiles(session, volumes: list, per_volume: int = 6, seed: int = 0
         for _ in range(per_volume):
             start = [int(rng.integers(0, h + 1)) for h in hi]
             tile = x[tuple(slice(a, a + p) for a, p in zip(start, patch))]
-            tiles.append(np.ascontiguousarray(tile[None, None], dtype=np.float32))
-    return tiles
+            yield np.ascontiguousarray(tile[None, None], dtype=np.float32)
+
+
+def calibration_tiles(session, volumes, per_volume: int = 6, seed: int = 0) -> list:
+    """`iter_calibration_tiles` as a list (for the few tiles a gate compares logits on)."""
+    return list(iter_calibration_tiles(session, volumes, per_volume, seed))
 
 
 def layer_errors(ref_onnx, got_onnx, tile: np.ndarray, top: int = 5) -> list:
@@ -119,13 +129,41 @@ def layer_errors(ref_onnx, got_onnx, tile: np.ndarray, top: int = 5) -> list:
     return ranked[:top]
 
 
-def fp32_reference(pkg: ModelPackage, volumes: list, backend: str = "onnxruntime", threads: int | None = None):
-    """An FP32 session of `pkg` holding its results on the gate volumes (`.gate_results`)."""
+@dataclass(frozen=True)
+class Reference:
+    """What a gate compares a candidate with: the FP32 results of the gate volumes and the FP32 logits of
+    the check tiles, on one backend."""
+    backend: str
+    gate_results: list
+    tiles: list
+    tile_logits: list
+
+
+def fp32_reference(pkg: ModelPackage, volumes: list, backend: str = "onnxruntime", threads: int | None = None,
+                   tiles: list | None = None, progress=None) -> Reference:
+    """The FP32 `Reference` of `pkg` on `backend`; its session is closed before this returns. `tiles`
+    default to two check tiles of the first volume."""
     from lnrt.session import Session
 
-    ref = Session(pkg, backend=backend, device="cpu", variant="fp32", threads=threads)
-    ref.gate_results = [ref.run(vol) for _, vol in volumes]
-    return ref
+    with Session(pkg, backend=backend, device="cpu", variant="fp32", threads=threads) as ref:
+        results = []
+        for name, vol in volumes:
+            results.append(ref.run(vol))
+            if progress:
+                progress(f"FP32 reference on {backend}: {name} ({len(results)}/{len(volumes)})")
+        if tiles is None:
+            tiles = calibration_tiles(ref, volumes[:1], per_volume=2, seed=1)
+        logits = [ref.backend.run(t) for t in tiles]
+    return Reference(backend, results, tiles, logits)
+
+
+def best_dice(per: list, remaining: list) -> float:
+    """The highest pooled Dice still reachable after the volumes in `per` (compare_results rows), if
+    every result in `remaining` (the reference's) were matched exactly."""
+    rest = sum(int(np.count_nonzero(r.labels)) for r in remaining)
+    inter = sum(p["intersection"] for p in per) + rest
+    total = sum(p["total"] for p in per) + 2 * rest
+    return 1.0 if total == 0 else 2 * inter / total
 
 
 def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path) -> ModelPackage:
@@ -140,34 +178,37 @@ def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path
     return ModelPackage.load(tmp)
 
 
-def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: list,
-             backend: str = "onnxruntime", threads: int | None = None, reference=None,
-             diagnose: bool = True) -> dict:
+def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: list | None = None,
+             backend: str = "onnxruntime", threads: int | None = None, reference: Reference | None = None,
+             diagnose: bool = True, progress=None) -> dict:
     """Gate `candidate` (an onnx.ModelProto) as `variant` of `pkg` on one backend; returns the report.
 
-    `reference` is an FP32 `Session` of `pkg` (on the same backend) with `.gate_results`, the FP32
-    results of `volumes`, so gating several variants runs FP32 once; without it one is made here.
-    `diagnose` adds the per-layer error ranking (`layer_errors`, run on ONNX Runtime)."""
+    `reference` is the FP32 `Reference` of `pkg` on the same backend for `volumes` (and its check tiles:
+    `tiles`, when given, must be the reference's), so gating several variants runs FP32 once; without it
+    one is made here. `diagnose` adds the per-layer error ranking (`layer_errors`, run on ONNX Runtime)."""
     import onnx
 
     from lnrt.session import Session
 
     cfg = GateConfig.for_variant(variant)
-    own = reference is None
-    if own:
-        reference = fp32_reference(pkg, volumes, backend, threads)
+    if reference is None:
+        reference = fp32_reference(pkg, volumes, backend, threads, tiles)
+    tiles = reference.tiles
     with tempfile.TemporaryDirectory() as tmp:
         cand = _temp_package(pkg, variant, candidate.SerializeToString(), Path(tmp))
         with Session(cand, backend=backend, device="cpu", variant=variant, threads=threads) as got_s:
-            per = []
-            for (name, vol), ref in zip(volumes, reference.gate_results):
+            per, stopped = [], None
+            for i, ((name, vol), ref) in enumerate(zip(volumes, reference.gate_results)):
                 r = compare_results(ref, got_s.run(vol))
                 r["volume"] = name
                 per.append(r)
-            tiles_report = tile_parity(reference.backend, got_s.backend, tiles)
+                if progress:
+                    progress(f"{variant} gate on {backend}: {name} ({i + 1}/{len(volumes)}), Dice {r['dice']:.4f}")
+                stopped = _cannot_pass(per, reference.gate_results[i + 1:], cfg)
+                if stopped and i + 1 < len(volumes):
+                    break
+            tiles_report = tile_parity(reference.tile_logits, got_s.backend, tiles)
             backend_info = got_s.backend.describe()
-    if own:
-        reference.close()
     inter = sum(p["intersection"] for p in per)
     total = sum(p["total"] for p in per)
     dice = 1.0 if total == 0 else 2 * inter / total
@@ -181,6 +222,8 @@ def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: l
               "thresholds": asdict(cfg), "dice": round(dice, 5), "short_axis_max_diff_mm": round(sa, 4),
               "nodes_fp32": sum(p["nodes_ref"] for p in per), "nodes": sum(p["nodes"] for p in per),
               "tiles": {"count": len(tiles), **tiles_report}, "backend": backend_info, "volumes": per}
+    if len(per) < len(volumes):
+        report["stopped_early"] = {"after_volumes": len(per), "of": len(volumes), "because": stopped}
     if tiles and diagnose:
         ref_model = onnx.load(str(pkg.onnx_path("fp32")))
         report["most_sensitive_layers"] = layer_errors(ref_model, candidate, tiles[0])
@@ -189,6 +232,17 @@ def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: l
             report["advice"] = ("keep these layers at higher precision and export again: "
                                 + " ".join(f"--keep {k}" for k in keep))
     return report
+
+
+def _cannot_pass(per: list, remaining: list, cfg: GateConfig) -> str | None:
+    """Why the gate has already failed whatever the remaining volumes give, or None."""
+    sa = max(p["short_axis_max_diff_mm"] for p in per)
+    if sa > cfg.short_axis_tol_mm:
+        return f"a matched short axis differs by {sa:.2f} mm > {cfg.short_axis_tol_mm} mm"
+    best = best_dice(per, remaining)
+    if best < cfg.dice_min:
+        return f"the pooled Dice cannot reach {cfg.dice_min} (at most {best:.4f})"
+    return None
 
 
 def summary_line(report: dict) -> dict:
@@ -202,5 +256,5 @@ def save_report(root: Path, variant: str, report: dict) -> Path:
     return write_json(Path(root) / f"parity.{variant}.json", report)
 
 
-__all__ = ["GateConfig", "run_gate", "summary_line", "gate_volumes", "calibration_tiles", "layer_errors", "save_report",
+__all__ = ["GateConfig", "Reference", "fp32_reference", "best_dice", "iter_calibration_tiles", "run_gate", "summary_line", "gate_volumes", "calibration_tiles", "layer_errors", "save_report",
            "compare_results"]

@@ -19,9 +19,10 @@ What is read and how it maps (nnU-Net v2 file formats, as its predictor reads th
 - The sliding window keeps nnU-Net's defaults: step 0.5 of the patch, Gaussian sigma 1/8.
 Things lnrt does differently and says so in the manifest: it reads scans into LPS order (nnU-Net uses
 the stored array order, the same for LPS-stored scans) and resamples with linear interpolation (nnU-Net:
-third-order splines). Tiles outside the body are skipped only for networks without instance
-normalization: with InstanceNorm a tile's output depends on the tile's own statistics, so the
-imported package tiles the whole scan exactly as nnU-Net does (body crop disabled in the manifest).
+third-order splines). Tiles that hold no body voxel are not run. With InstanceNorm a tile's output
+depends on the tile's own statistics, so the imported package tiles the whole scan at nnU-Net's own
+tile positions (`body_crop.tiling: "whole_scan"`) and runs the tiles that touch the body: every body
+voxel gets nnU-Net's accumulation exactly; without InstanceNorm the body's box is tiled.
 
 Nothing in the folder's files can run code (nnU-Net itself resolves plans names with `pydoc.locate`;
 lnrt does not):
@@ -377,16 +378,17 @@ def import_nnunet(folder, out, configuration: str | None = None, folds=None,
                           "allowed_mirroring_axes_zyx": fields["mirror_axes"]},
         "differences_from_nnunet": ["scans are read in LPS order (nnU-Net: stored array order)",
                                     "resampling is linear (nnU-Net: third-order spline)",
-                                    "tiles without body are skipped (only for models without instance "
-                                    "normalization: with it, every tile runs as in nnU-Net, since a "
-                                    "tile's output depends on its own statistics)"],
+                                    "tiles without body are skipped (with instance normalization at "
+                                    "nnU-Net's own tile positions over the whole scan, since a tile's "
+                                    "output depends on its own statistics; without it over the body's box)"],
     }
     return build_package(
         module, out, name=name or f"nnunet-{info['plans'].get('dataset_name', 'model')}-{info['configuration']}",
         version=version, spacing_zyx=fields["spacing_zyx"], patch_zyx=fields["patch_zyx"],
         normalization=fields["normalization"], classes=fields["classes"], provenance=provenance,
         transpose=fields["transpose"], mirror_axes=fields["mirror_axes"],
-        body_crop=package_kwargs.pop("body_crop", not _has_instance_norm(arch)), **package_kwargs)
+        tiling=package_kwargs.pop("tiling", "whole_scan" if _has_instance_norm(arch) else "body_box"),
+        **package_kwargs)
 
 
 def _has_instance_norm(arch: dict) -> bool:

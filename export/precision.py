@@ -9,7 +9,9 @@ TensorRT 11 is strongly typed only, so precision must live in the ONNX file itse
   onnxconverter-common so the list of kept ops is ours, explicit and tested.
 - **INT8** (`to_int8`): ONNX Runtime's static quantizer in QDQ format with symmetric int8 activations
   and symmetric per-channel int8 weights (zero points 0, which TensorRT requires), calibrated on tiles
-  the caller provides. Q/DQ pairs sit only on the inputs of the weighted layers (Conv, ConvTranspose,
+  the caller provides. The activation ranges are lnrt's own (`calibration_ranges`): tile by tile into a
+  fixed-size histogram per tensor, handed to the quantizer as a calibration cache, so memory does not
+  grow with the calibration set (ONNX Runtime's percentile calibrator keeps every tile's activations). Q/DQ pairs sit only on the inputs of the weighted layers (Conv, ConvTranspose,
   Gemm, MatMul): the placement the TensorRT developer guide recommends for explicit quantization
   ("Q/DQ layer placement": quantize the inputs of weighted operations, not their outputs). The file
   loads on ONNX Runtime, OpenVINO and TensorRT 10/11, but a backend's int8 kernels may not compute it
@@ -21,7 +23,9 @@ suggests (see `lnrt.export.gate.layer_errors`). This module needs onnx and onnxr
 """
 from __future__ import annotations
 
+import logging
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -154,20 +158,6 @@ def fp32_nodes(model) -> list:
             and types.get(n.output[0]) == TensorProto.FLOAT]
 
 
-class _Tiles:
-    """ONNX Runtime's calibration reader over a list of (1, C, z, y, x) float32 tiles."""
-
-    def __init__(self, input_name: str, tiles: list):
-        self.input_name, self.tiles = input_name, iter(tiles)
-
-    def get_next(self):
-        t = next(self.tiles, None)
-        return None if t is None else {self.input_name: np.ascontiguousarray(t, np.float32)}
-
-    def rewind(self):  # pragma: no cover - optional in the reader protocol
-        pass
-
-
 def input_layers(model) -> list:
     """The nodes that read the graph's input image directly."""
     name = model.graph.input[0].name
@@ -179,9 +169,134 @@ CALIBRATION = ("minmax", "percentile")
 WEIGHTED_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 
 
-def to_int8(model, tiles: list, keep: Iterable[str] = (), keep_input_layer: bool = True,
-            method: str = "percentile"):
-    """An INT8 Q/DQ copy of `model` calibrated on `tiles` (each (1, C, z, y, x) float32).
+@contextmanager
+def _root_logger_kept_quiet():
+    """ONNX Runtime's quantizer warns through `logging.warning`, which gives the root logger a stderr
+    handler when it has none: every later lnrt log line would then print twice. A NullHandler for the
+    duration keeps the root logger as it was."""
+    root = logging.getLogger()
+    null = logging.NullHandler() if not root.handlers else None
+    if null:
+        root.addHandler(null)
+    try:
+        yield
+    finally:
+        if null:
+            root.removeHandler(null)
+
+
+HIST_BINS = 2048  # ONNX Runtime's default for percentile calibration: 2048 bins over [0, max |x|]
+PERCENTILE = 99.999
+
+
+class AbsHistogram:
+    """A histogram of |x| with a fixed number of bins, fed array by array (streaming percentiles).
+
+    The bins cover [0, bins * width). The first array sets the width (its max |x| / bins); an array with a
+    larger |x| doubles the width, merging neighbouring bins pairwise, until it fits. The merge is exact
+    (every count stays in the bin that holds its old bin), so the result does not depend on how the data
+    were split into arrays beyond the width's power of two; memory is `bins` counts whatever the data."""
+
+    def __init__(self, bins: int = HIST_BINS):
+        if bins < 2 or bins % 2:
+            raise ValueError(f"bins must be an even number >= 2, got {bins}")
+        self.counts, self.width = np.zeros(bins, dtype=np.int64), 0.0
+        self.lo, self.hi = np.inf, -np.inf
+
+    def add(self, a: np.ndarray) -> None:
+        a = np.asarray(a, dtype=np.float32).ravel()
+        if a.size == 0:
+            return
+        self.lo, self.hi = min(self.lo, float(a.min())), max(self.hi, float(a.max()))
+        a = np.abs(a)
+        top, n = float(a.max()), self.counts.size
+        if self.width == 0.0:
+            self.width = top / n if top > 0 else 0.0
+        while top >= self.width * n and self.width > 0:
+            self.counts = np.concatenate([self.counts.reshape(n // 2, 2).sum(axis=1), np.zeros(n // 2, np.int64)])
+            self.width *= 2.0
+        if self.width == 0.0:  # every value so far is 0
+            self.counts[0] += a.size
+            return
+        idx = np.minimum((a / np.float32(self.width)).astype(np.int64), n - 1)
+        self.counts += np.bincount(idx, minlength=n)
+
+    def threshold(self, percentile: float = PERCENTILE) -> float:
+        """The upper edge of the bin where the share `percentile` of |x| is reached, at most max |x|."""
+        total = int(self.counts.sum())
+        if total == 0 or self.width == 0.0:
+            return 0.0
+        i = int(np.searchsorted(np.cumsum(self.counts), percentile / 100.0 * total))
+        return min((i + 1) * self.width, max(abs(self.lo), abs(self.hi)))
+
+
+def calibrated_tensors(model, op_types=None, outputs: bool = False) -> list:
+    """The float activations the quantizer needs ranges for, in graph order: the non-constant inputs of
+    the nodes of `op_types`, and with `outputs` their outputs too (ONNX Runtime's own selection). With
+    the outputs of weighted layers excluded from quantization (`to_int8`) their ranges are never used:
+    the quantized file is byte for byte the same without them (tested), and calibration exposes, and
+    holds in memory, half the tensors."""
+    op_types = set(op_types or WEIGHTED_OPS)
+    consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                           for o in n.output}
+    seen, out = set(), []
+    for node in model.graph.node:
+        if node.op_type in op_types:
+            for t in list(node.input) + (list(node.output) if outputs else []):
+                if t and t not in consts and t not in seen:
+                    seen.add(t)
+                    out.append(t)
+    return out
+
+
+def calibration_ranges(model, tiles: Iterable, method: str = "percentile", threads: int | None = None,
+                       progress=None, outputs: bool = False) -> dict:
+    """{tensor: (low, high)} over `tiles` (an iterable of (1, C, z, y, x) float32 arrays), one tile at
+    a time: the tiles are consumed lazily and each tile's activations are reduced to its histogram and
+    dropped before the next tile runs, so peak memory is one tile's activations whatever the number of
+    tiles. "minmax" gives the exact (min, max); "percentile" the symmetric range (-t, t) with t the
+    99.999th percentile of |x| (`AbsHistogram`). `progress(i)` is called after tile i (1-based)."""
+    onnx = _onnx()
+    import onnxruntime as ort
+
+    if method not in CALIBRATION:
+        raise LnrtError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION)}")
+    names = calibrated_tensors(model, outputs=outputs)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in known)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor named
+    opts.enable_mem_pattern = False
+    opts.enable_cpu_mem_arena = False  # each tile's tensors go back to the system, not to a growing arena
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed_name = model.graph.input[0].name
+    hists = {t: AbsHistogram() for t in names}
+    n = 0
+    for tile in tiles:
+        outs = sess.run(names, {feed_name: np.ascontiguousarray(tile, np.float32)})
+        del tile
+        for i, t in enumerate(names):
+            hists[t].add(outs[i])
+            outs[i] = None  # freed as soon as it is counted
+        n += 1
+        if progress:
+            progress(n)
+    del sess
+    if n == 0:
+        raise LnrtError("INT8 calibration needs at least one tile; expected calibration volumes")
+    if method == "minmax":
+        return {t: (h.lo, h.hi) for t, h in hists.items()}
+    return {t: (-h.threshold(), h.threshold()) for t, h in hists.items()}
+
+
+def to_int8(model, tiles: Iterable, keep: Iterable[str] = (), keep_input_layer: bool = True,
+            method: str = "percentile", threads: int | None = None, progress=None):
+    """An INT8 Q/DQ copy of `model` calibrated on `tiles` (an iterable of (1, C, z, y, x) float32,
+    consumed one at a time: see `calibration_ranges`).
 
     The input layer stays in float32 by default: int8 over a 600 HU window is a 4.7 HU step (9.4 HU
     with a symmetric range over a non-negative input), coarser than the 20-40 HU contrast between a
@@ -197,27 +312,28 @@ def to_int8(model, tiles: list, keep: Iterable[str] = (), keep_input_layer: bool
     Dice 0.984); weighted-input placement passes it (0.24 mm, Dice 0.991) with half the Q/DQ pairs."""
     onnx = _onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-    if not tiles:
-        raise LnrtError("INT8 calibration needs at least one tile; expected calibration volumes")
     if method not in CALIBRATION:
         raise LnrtError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION)}")
-    name = model.graph.input[0].name
+    ranges = calibration_ranges(model, tiles, method, threads, progress)
     keep = list(keep) + (input_layers(model) if keep_input_layer else [])
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
              "OpTypesToExcludeOutputQuantization": WEIGHTED_OPS}
-    if method == "percentile":
-        extra["CalibPercentile"] = 99.999
+    cal = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax
+    data = TensorsData(cal, {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+                             for t, (lo, hi) in ranges.items()})
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src, dst, cache = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
         onnx.save(model, str(src))
-        quantize_static(
-            str(src), str(dst), _Tiles(name, tiles), quant_format=QuantFormat.QDQ, per_channel=True,
-            op_types_to_quantize=WEIGHTED_OPS,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(keep),
-            calibrate_method=CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax,
-            extra_options=extra,
-        )
+        save_tensors_data(data, cache)  # the quantizer reads the ranges instead of calibrating again
+        with _root_logger_kept_quiet():
+            quantize_static(
+                str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                op_types_to_quantize=WEIGHTED_OPS,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(keep),
+                calibrate_method=cal, extra_options=extra, calibration_cache_path=str(cache),
+            )
         out = onnx.load(str(dst))
     onnx.checker.check_model(out)
     return out

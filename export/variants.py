@@ -17,6 +17,7 @@ from lnrt.atomic import write_bytes
 from lnrt.errors import LnrtError
 from lnrt.package import VARIANT_FILES, ModelPackage
 
+from . import Progress
 from . import gate as gates
 from .precision import fp32_nodes, to_fp16, to_int8
 
@@ -36,12 +37,22 @@ def _scan_paths(calib) -> list:
     return items
 
 
-def calibration_volumes(calib=None, n_phantoms: int = 4) -> list:
-    if calib is None:
-        return gates.gate_volumes(n_phantoms, gates.CALIB_SEED0)
+def iter_calibration_volumes(calib=None, n_phantoms: int = 4):
+    """(name, volume) for INT8 calibration, one at a time as they are consumed: the scans of `calib`, or
+    neck phantoms with the calibration seeds."""
     from lnrt.imageio import read_scan
+    from lnrt.models.neck import random_scan
 
-    return [(p.name, read_scan(p)[0]) for p in _scan_paths(calib)]
+    if calib is None:
+        for i in range(n_phantoms):
+            yield f"phantom_{gates.CALIB_SEED0 + i}", random_scan(gates.CALIB_SEED0 + i)[0]
+        return
+    for p in _scan_paths(calib):
+        yield p.name, read_scan(p)[0]
+
+
+def calibration_volumes(calib=None, n_phantoms: int = 4) -> list:
+    return list(iter_calibration_volumes(calib, n_phantoms))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -58,57 +69,36 @@ def gate_backends() -> list:
 
 def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_gate: int = 3,
                  keep=(), force: bool = False, threads: int | None = None,
-                 calibration: str = "percentile", backends=None) -> dict:
+                 calibration: str = "percentile", backends=None, progress=None) -> dict:
     """Build, gate and write precision variants into a package folder; returns {variant: report}.
 
     Each variant is gated on every backend in `backends` (default: `gate_backends()`). It is written
     when it passes on ONNX Runtime (or `force`); the manifest records the verdict on each backend, and
     `lnrt.Session` refuses to run a variant on a backend where it failed. The same Q/DQ file can be
     computed differently by another backend's kernels (measured: OpenVINO's int8 convolutions on an
-    AVX2 CPU without VNNI), which is why one backend's verdict does not speak for the others."""
-    import onnx
+    AVX2 CPU without VNNI), which is why one backend's verdict does not speak for the others. A variant
+    that fails on ONNX Runtime is not written, so it is not gated on the other backends either (unless
+    `force`). Memory: one session is open at a time, and INT8 calibration streams its tiles."""
 
     bad = [v for v in variants if v not in BUILDABLE]
     if bad:
         raise LnrtError(f"cannot build variant {bad[0]!r}; expected one of {', '.join(BUILDABLE)}")
+    progress = progress or Progress()
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
-    fp32 = onnx.load(str(pkg.onnx_path("fp32")))
     backends = list(backends or gate_backends())
     if backends[0] != "onnxruntime":
         raise LnrtError(f"the gates' first backend must be onnxruntime (the reference), not {backends[0]!r}")
     volumes = gates.gate_volumes(n_gate)
-    # FP32 runs once per backend for every variant
-    refs = {b: gates.fp32_reference(pkg, volumes, backend=b, threads=threads) for b in backends}
-    session = refs["onnxruntime"]
-    check_tiles = gates.calibration_tiles(session, volumes[:1], per_volume=2, seed=1)
+    refs = {}  # FP32 runs once per backend for every variant
+    for b in backends:
+        refs[b] = gates.fp32_reference(pkg, volumes, backend=b, threads=threads,
+                                       tiles=refs["onnxruntime"].tiles if refs else None, progress=progress)
     reports = {}
     for variant in variants:
-        log.info("building the %s variant", variant)
-        if variant == "fp16":
-            candidate = to_fp16(onnx.load(str(pkg.onnx_path("fp32"))), keep)
-            extra = {"kept_fp32": fp32_nodes(candidate)}
-        else:
-            cal = calibration_volumes(calib, n_calib)
-            tiles = gates.calibration_tiles(session, cal, seed=2)
-            candidate = to_int8(fp32, tiles, keep, method=calibration)
-            extra = {"calibration": {"source": str(calib) if calib else
-                                     f"neck phantoms, seeds {gates.CALIB_SEED0}..{gates.CALIB_SEED0 + n_calib - 1}",
-                                     "volumes": len(cal), "tiles": len(tiles), "method": calibration,
-                                     "input_layer": "kept in float32",
-                                     "activations": "int8 symmetric per tensor",
-                                     "placement": "inputs of Conv, ConvTranspose, Gemm, MatMul only",
-                                     "weights": "int8 symmetric per channel"}}
-        report = gates.run_gate(pkg, variant, candidate, volumes, check_tiles, threads=threads, reference=session)
+        progress(f"building the {variant} variant")
+        candidate, extra = _build(pkg, variant, keep, calib, n_calib, calibration, threads, progress)
+        report = _gate_everywhere(pkg, variant, candidate, volumes, refs, force, threads, progress)
         report.update(extra, keep=list(keep), gate_volumes=[n for n, _ in volumes])
-        report["gate_backends"] = {"onnxruntime": gates.summary_line(report)}
-        for b in backends[1:]:
-            other = gates.run_gate(pkg, variant, candidate, volumes, check_tiles, backend=b, threads=threads,
-                                   reference=refs[b], diagnose=False)
-            report["gate_backends"][b] = gates.summary_line(other)
-            report.setdefault("other_backends", {})[b] = {k: other[k] for k in ("backend", "tiles", "volumes")}
-            if not other["passed"]:
-                log.warning("%s variant fails its gate on %s (%s); lnrt will not run it there", variant, b,
-                            "; ".join(other["failures"]))
         reports[variant] = report
         report["written"] = bool(report["passed"] or force)
         gates.save_report(pkg.path, variant, report)  # kept as the record even when the gate fails
@@ -118,9 +108,57 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
             continue
         _write_atomic(pkg.path / VARIANT_FILES[variant], candidate.SerializeToString())
         _update_manifest(pkg, variant, report)
-    for ref in refs.values():
-        ref.close()
+        progress(f"{variant} variant written")
     return reports
+
+
+def _build(pkg: ModelPackage, variant: str, keep, calib, n_calib: int, calibration: str, threads, progress):
+    """(candidate onnx.ModelProto, report fields) of one variant."""
+    import onnx
+
+    from lnrt.session import Session
+
+    fp32 = onnx.load(str(pkg.onnx_path("fp32")))
+    if variant == "fp16":
+        candidate = to_fp16(fp32, keep)
+        return candidate, {"kept_fp32": fp32_nodes(candidate)}
+    n_tiles = [0]
+
+    def tile_done(i):
+        n_tiles[0] = i
+        progress(f"int8 calibration: tile {i}")
+
+    with Session(pkg, backend="onnxruntime", device="cpu", variant="fp32", threads=threads) as prep:
+        tiles = gates.iter_calibration_tiles(prep, iter_calibration_volumes(calib, n_calib), seed=2)
+        candidate = to_int8(fp32, tiles, keep, method=calibration, threads=threads, progress=tile_done)
+    return candidate, {"calibration": {
+        "source": str(calib) if calib else
+        f"neck phantoms, seeds {gates.CALIB_SEED0}..{gates.CALIB_SEED0 + n_calib - 1}",
+        "volumes": len(_scan_paths(calib)) if calib else n_calib, "tiles": n_tiles[0], "method": calibration,
+        "streaming": "tile by tile, a 2048-bin |x| histogram per tensor (lnrt.export.precision)",
+        "input_layer": "kept in float32", "activations": "int8 symmetric per tensor",
+        "placement": "inputs of Conv, ConvTranspose, Gemm, MatMul only", "weights": "int8 symmetric per channel"}}
+
+
+def _gate_everywhere(pkg, variant, candidate, volumes, refs, force, threads, progress) -> dict:
+    """The ONNX Runtime gate report with every other backend's verdict in `gate_backends`."""
+    report = gates.run_gate(pkg, variant, candidate, volumes, threads=threads, reference=refs["onnxruntime"],
+                            progress=progress)
+    report["gate_backends"] = {"onnxruntime": gates.summary_line(report)}
+    for b in list(refs)[1:]:
+        if not (report["passed"] or force):
+            report["gate_backends"][b] = {"passed": False, "dice": None, "short_axis_max_diff_mm": None,
+                                          "failures": ["not gated: the variant failed on onnxruntime"],
+                                          "backend_version": None}
+            continue
+        other = gates.run_gate(pkg, variant, candidate, volumes, threads=threads, backend=b,
+                               reference=refs[b], diagnose=False, progress=progress)
+        report["gate_backends"][b] = gates.summary_line(other)
+        report.setdefault("other_backends", {})[b] = {k: other[k] for k in ("backend", "tiles", "volumes")}
+        if not other["passed"]:
+            log.warning("%s variant fails its gate on %s (%s); lnrt will not run it there", variant, b,
+                        "; ".join(other["failures"]))
+    return report
 
 
 def _update_manifest(pkg: ModelPackage, variant: str, report: dict) -> None:

@@ -548,9 +548,19 @@ export_options = [
 
 
 def with_export(f):
+    """The export options, and progress lines on stderr: an export of a real-sized model takes minutes."""
+    import functools
+
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        logger = logging.getLogger("lnrt")
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        return f(*args, **kwargs)
+
     for opt in reversed(export_options):
-        f = opt(f)
-    return f
+        run = opt(run)
+    return run
 
 
 def _report_variants(root) -> None:
@@ -566,6 +576,9 @@ def _report_variants(root) -> None:
             click.echo(f"  advice: {r['advice']}")
         for backend, line in r.get("gate_backends", {}).items():
             verdict = "passed" if line["passed"] else "FAILED (" + "; ".join(line["failures"]) + "); not run there"
+            if line["dice"] is None:  # not gated there
+                click.echo(f"  on {backend}: " + "; ".join(line["failures"]))
+                continue
             click.echo(f"  on {backend}: {verdict}; Dice {line['dice']:.4f}, "
                        f"max short-axis difference {line['short_axis_max_diff_mm']:.2f} mm")
 

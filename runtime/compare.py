@@ -53,10 +53,12 @@ def compare_results(ref, got) -> dict:
             "short_axis_median_diff_mm": float(np.median(diffs)) if diffs else 0.0}
 
 
-def tile_parity(ref_backend, got_backend, tiles: list) -> dict:
+def tile_parity(ref, got_backend, tiles: list) -> dict:
+    """Logit error and argmax agreement of `got_backend` on `tiles` against `ref`: a backend, or the
+    reference logits of the tiles already computed (a list, one array per tile)."""
     err, agree, n = 0.0, 0, 0
-    for t in tiles:
-        a, b = ref_backend.run(t), got_backend.run(t)
+    for i, t in enumerate(tiles):
+        a, b = (ref[i] if isinstance(ref, list) else ref.run(t)), got_backend.run(t)
         err = max(err, float(np.abs(a - b).max()))
         agree += int(np.count_nonzero(a.argmax(1) == b.argmax(1)))
         n += a[:, 0].size

@@ -47,6 +47,7 @@ from .errors import LnrtError
 FORMAT = "lnrt.package/1"
 MANIFEST = "lnrt.json"
 MANIFEST_HASH = "lnrt.json.sha256"
+TILINGS = ("body_box", "whole_scan")  # body_crop.tiling (lnrt.preprocess.BodyCropConfig)
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 NORMALIZATIONS = ("ct_zscore", "window")
 
@@ -377,11 +378,13 @@ def _check_postprocessing(s: _Schema, m):
         s.num(neck, "lateral_margin_mm", "postprocessing.neck_region.lateral_margin_mm", 0, 10_000)
 
     body = s.obj(m, "body_crop", "body_crop", required=False,
-                 allowed=("threshold_hu", "margin_mm", "min_part", "enabled"))
+                 allowed=("threshold_hu", "margin_mm", "min_part", "enabled", "tiling"))
     s.num(body, "threshold_hu", "body_crop.threshold_hu", -HU_LIMIT, HU_LIMIT)
     s.num(body, "margin_mm", "body_crop.margin_mm", 0, 10_000)
     s.num(body, "min_part", "body_crop.min_part", 0, 1)
     s.flag(body, "enabled", "body_crop.enabled")
+    if "tiling" in body and body["tiling"] not in TILINGS:
+        s.fail("body_crop.tiling", body["tiling"], " or ".join(repr(t) for t in TILINGS))
     s.obj(m, "provenance", "provenance", required=False)
 
 

@@ -113,6 +113,8 @@ def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig, dev: Device
     box = bounding_box(body, margin)
     if box is None:
         return Prepared(native, mgrid, None, None, None, ct=ct_c)
+    if cfg.body.tiling == "whole_scan":  # the reference's tile grid: the whole scan, body tiles run
+        box = tuple((0, n) for n in hu.shape)
     neck = None
     if cfg.neck:
         outline = body if cfg.body.enabled else body_mask(hu, replace(cfg.body, enabled=True), dev)
@@ -295,6 +297,9 @@ def components(scan: Scan, dev: Device) -> None:
                                first_map=index_map(scan.orient, scan.vol.shape, lo))
     keep = scan.stats["count"] >= max(cfg.min_voxels(voxel_volume_mm3(scan.vol)), 1)
     scan.ids = np.flatnonzero(keep) + 1
+    # what the size floor removed, said in the report: with a noisy model it can be most of the mask
+    scan.rules["min_volume"] = {"mm3": cfg.min_volume_mm3, "dropped": int(n - scan.ids.size),
+                                "voxels_dropped": int(scan.stats["count"][~keep].sum())}
 
 
 def rules(scan: Scan, dev: Device) -> None:

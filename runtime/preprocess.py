@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from .device import CPU, host
 from .errors import LnrtError
+from .package import TILINGS
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,18 @@ class BodyCropConfig:
     threshold_hu: float = -500.0
     margin_mm: float = 10.0
     min_part: float = 0.05  # body parts kept: components at least this share of the largest
-    # False: the whole scan is "body" (every tile runs). Models with instance normalization need this
-    # to reproduce their reference tiling exactly, since a tile's output depends on its statistics.
+    # False: the whole scan is "body" (every tile runs).
     enabled: bool = True
+    # "body_box": the scan is cropped to the body's box and the box is tiled (fewest tiles). "whole_scan":
+    # the whole model grid is tiled, as nnU-Net's predictor tiles it, and only the tiles that hold a body
+    # voxel run. Models with instance normalization need "whole_scan": a tile's output depends on the
+    # tile's own statistics, so its logits equal the reference's only at the reference's tile positions;
+    # every tile that covers a body voxel runs, so body voxels get exactly the reference's accumulation.
+    tiling: str = "body_box"
+
+    def __post_init__(self):
+        if self.tiling not in TILINGS:
+            raise ValueError(f"tiling must be one of {', '.join(TILINGS)}, got {self.tiling!r}")
 
 
 def body_mask(hu: np.ndarray, cfg: BodyCropConfig, dev=CPU) -> np.ndarray:

@@ -135,6 +135,108 @@ def test_int8_is_symmetric_qdq_per_channel_and_keeps_the_input_layer():
         precision.to_int8(model, [])
 
 
+def _calib_model_and_tiles(n: int, seed: int = 0):
+    torch.manual_seed(0)
+    model, _ = export_module(UNet(TINY).eval(), (16, 16, 16))
+    rng = np.random.default_rng(seed)
+    # growing scales, so later tiles widen the ranges (the histogram must re-bin, not restart)
+    return model, [(1.0 + i) * rng.normal(size=(1, 1, 16, 16, 16)).astype(np.float32) for i in range(n)]
+
+
+def _ort_ranges(model, tiles, method, tmp_path):
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    src = tmp_path / f"m_{method}.onnx"
+    onnx.save(model, str(src))
+    extra = {"symmetric": True, "percentile": 99.999, "num_bins": 2048} if method == "percentile" else {}
+    cal = create_calibrator(src, precision.WEIGHTED_OPS, augmented_model_path=str(tmp_path / f"aug_{method}.onnx"),
+                            calibrate_method=CalibrationMethod.Percentile if method == "percentile"
+                            else CalibrationMethod.MinMax, extra_options=extra)
+
+    class Reader:
+        it = iter(tiles)
+
+        def get_next(self):
+            t = next(self.it, None)
+            return None if t is None else {model.graph.input[0].name: t}
+
+    cal.collect_data(Reader())
+    data = cal.compute_data()
+    return {k: tuple(float(np.asarray(v).reshape(-1)[0]) for v in data[k].range_value)
+            for k in precision.calibrated_tensors(model, outputs=True)}
+
+
+def test_streaming_calibration_gives_onnxruntimes_ranges(tmp_path, capsys):
+    """lnrt's tile-by-tile ranges against ONNX Runtime's own calibrators on the same tiles: min/max
+    exactly, the 99.999th percentile of |x| within 3 bins of the final histogram (ONNX Runtime keeps
+    every tile's activations and takes a bin's lower edge, lnrt the upper edge of a bin up to twice as
+    wide)."""
+    model, tiles = _calib_model_and_tiles(4)
+    ours = precision.calibration_ranges(model, iter(tiles), "minmax", outputs=True)
+    theirs = _ort_ranges(model, tiles, "minmax", tmp_path)
+    assert set(ours) == set(theirs) and len(ours) > 4
+    for t in ours:
+        assert np.float32(ours[t][0]) == np.float32(theirs[t][0]) and np.float32(ours[t][1]) == np.float32(
+            theirs[t][1]), t
+    ours = precision.calibration_ranges(model, iter(tiles), "percentile", outputs=True)
+    theirs = _ort_ranges(model, tiles, "percentile", tmp_path)
+    capsys.readouterr()  # ONNX Runtime's histogram collector prints its settings
+    for t in ours:
+        lo, hi = ours[t]
+        assert lo == -hi and hi > 0, t
+        # ONNX Runtime clamps each end to the signed extreme; the symmetric quantizer takes the larger
+        assert abs(hi - max(map(abs, theirs[t]))) <= 3 * hi / 2048 + 1e-6, (t, hi, theirs[t])
+
+
+def test_int8_file_is_the_same_without_the_ranges_of_weighted_outputs(monkeypatch):
+    model, tiles = _calib_model_and_tiles(3)
+    lean = precision.to_int8(model, iter(tiles))
+    ranges = precision.calibration_ranges
+    monkeypatch.setattr(precision, "calibration_ranges", lambda *a, **k: ranges(*a, **k, outputs=True))
+    full = precision.to_int8(model, iter(tiles))
+    assert len(precision.calibrated_tensors(model, outputs=True)) > len(precision.calibrated_tensors(model))
+    assert lean.SerializeToString() == full.SerializeToString()
+
+
+def test_abs_histogram_is_exact_under_rebinning():
+    rng = np.random.default_rng(3)
+    parts = [rng.normal(scale=s, size=5000).astype(np.float32) for s in (0.5, 1.0, 4.0, 16.0)]
+    h = precision.AbsHistogram(bins=64)
+    for p in parts:
+        h.add(p)
+    allx = np.abs(np.concatenate(parts))
+    assert h.counts.sum() == allx.size and h.hi == max(p.max() for p in parts)
+    # every value lies in the bin the final width puts it in: the merges lost nothing
+    want = np.bincount(np.minimum((allx / np.float32(h.width)).astype(np.int64), 63), minlength=64)
+    assert np.array_equal(h.counts, want)
+    t = h.threshold(50.0)
+    assert abs(t - np.median(allx)) <= h.width
+    with pytest.raises(ValueError, match="even"):
+        precision.AbsHistogram(bins=3)
+
+
+def test_calibration_memory_does_not_grow_with_the_number_of_tiles():
+    """Peak traced memory with 12 tiles is that of 2 (ONNX Runtime's percentile calibrator holds every
+    tile's activations: about 6x here)."""
+    import tracemalloc
+
+    model, _ = _calib_model_and_tiles(0)
+
+    def peak(n):
+        rng = np.random.default_rng(0)
+        tiles = (rng.normal(size=(1, 1, 16, 16, 16)).astype(np.float32) for _ in range(n))
+        tracemalloc.start()
+        seen = []
+        precision.calibration_ranges(model, tiles, "percentile", progress=seen.append)
+        p = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert seen == list(range(1, n + 1))
+        return p
+
+    small, large = peak(2), peak(12)
+    assert large < 1.3 * small, (small, large)
+
+
 def test_weights_loading_and_refusals(tmp_path):
     net = UNet(TINY)
     kwargs = {"cfg": TINY.to_dict()}
@@ -206,9 +308,13 @@ def test_gate_passes_fp16_and_fails_a_broken_variant(placeholder_package, tmp_pa
     try:
         pkg_dir2 = tmp_path / "pkg2"
         shutil.copytree(placeholder_package, pkg_dir2)
-        reports = va.add_variants(pkg_dir2, ["fp16"], n_gate=1)
+        reports = va.add_variants(pkg_dir2, ["fp16"], n_gate=2)
         r = reports["fp16"]
         assert not r["passed"] and not r["written"] and r["failures"]
+        # it cannot pass after its first volume, so the second is not run; nor is any other backend
+        assert r["stopped_early"]["after_volumes"] == 1 and len(r["volumes"]) == 1, r.get("stopped_early")
+        for b, line in r["gate_backends"].items():
+            assert b == "onnxruntime" or line["failures"] == ["not gated: the variant failed on onnxruntime"]
         assert not (pkg_dir2 / "model.fp16.onnx").exists()
         assert "fp16" not in ModelPackage.load(pkg_dir2).variants()
         saved = json.loads((pkg_dir2 / "parity.fp16.json").read_text())
@@ -224,6 +330,57 @@ def test_gate_passes_fp16_and_fails_a_broken_variant(placeholder_package, tmp_pa
     assert again["fp16"]["passed"] and ModelPackage.load(pkg_dir2).gate_failed_on("fp16") == {}
     with pytest.raises(LnrtError, match="cannot build variant"):
         va.add_variants(pkg_dir, ["fp8"])
+
+
+def test_best_dice_bounds_what_the_remaining_volumes_can_give():
+    class R:
+        def __init__(self, n):
+            self.labels = np.zeros(10, np.uint8)
+            self.labels[:n] = 1
+
+    per = [{"intersection": 5, "total": 20}]  # Dice 0.5 on the first volume
+    assert gate.best_dice(per, []) == 0.5
+    assert gate.best_dice(per, [R(10)]) == pytest.approx((10 + 20) / (20 + 20))
+    assert gate.best_dice([], [R(3)]) == 1.0
+
+
+def _tiny_module():
+    torch.manual_seed(0)
+    return UNet(TINY).eval()
+
+
+def test_export_removes_a_stale_staging_folder_refuses_a_live_one_and_shows_progress(tmp_path, caplog):
+    import logging
+    import os
+
+    from lnrt.atomic import lock_file
+    from lnrt.export.builder import build_package
+
+    out = tmp_path / "pkg"
+    stale = tmp_path / ".pkg.staging"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"x" * 1000)  # what an export killed by the OOM killer leaves
+    (stale / ".lock").write_text("12345")
+    kw = dict(name="t", version="1.0.0", spacing_zyx=(2.0, 2.0, 2.0), patch_zyx=(16, 16, 16),
+              normalization={"scheme": "window", "window_hu": [-200, 400]}, classes=["background", "node"],
+              provenance={"trained_on": "nothing"})
+    with caplog.at_level(logging.INFO, logger="lnrt"):
+        build_package(_tiny_module(), out, **kw)
+    assert not stale.exists() and ModelPackage.load(out).path == out
+    assert not (out / ".lock").exists()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("removing" in m and ".pkg.staging" in m for m in lines)
+    assert any(m.startswith("export: exporting the network to ONNX [") for m in lines)
+    assert any(m.startswith("export: package written to") for m in lines)
+    live = tmp_path / ".pkg2.staging"
+    live.mkdir()
+    fd = lock_file(live / ".lock")  # an export still running
+    try:
+        with pytest.raises(LnrtError, match="another export is writing"):
+            build_package(_tiny_module(), tmp_path / "pkg2", **kw)
+        assert live.is_dir() and (live / ".lock").exists()
+    finally:
+        os.close(fd)
 
 
 def test_match_nodes_pairs_by_overlap():

@@ -770,7 +770,7 @@ def _nnunet_folder(tmp: Path, **arch_changes) -> Path:
     pytest.importorskip("dynamic_network_architectures")
     import sys
     sys.path.insert(0, str(Path(__file__).parent))
-    import nnunet_folder as nf
+    from lnrt.models import nnunet_folder as nf
 
     if not _GENUINE:
         import tempfile

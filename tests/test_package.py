@@ -458,6 +458,7 @@ SCHEMA_CASES = [
     ("body_crop.threshold_hu", "air", r"body_crop.threshold_hu is \"air\""),
     ("body_crop.margin_mm", -5, r"body_crop.margin_mm is -5; expected a finite number >= 0"),
     ("body_crop.enabled", 1, r"body_crop.enabled is 1; expected true or false"),
+    ("body_crop.tiling", "everything", r"body_crop.tiling is \"everything\"; expected 'body_box' or 'whole_scan'"),
     ("body_crop.treshold_hu", -500, r"body_crop has unknown key 'treshold_hu'"),
     ("variants.fp16.gate_backends", [], r"variants.fp16.gate_backends is \[\]; expected an object"),
     ("variants.fp16.gate_backends.openvino.passed", "yes", r"variants.fp16.gate_backends.openvino.passed is \"yes\""),
@@ -495,7 +496,9 @@ def test_the_schema_accepts_every_shipped_and_built_manifest(placeholder_package
         check_manifest(load_manifest(root), str(root / "lnrt.json"))
     manifest = load_manifest(default_package_path())
     manifest["postprocessing"]["neck_region"] = False  # off
-    manifest["body_crop"] = {"enabled": False}  # what nnU-Net imports write
+    manifest["body_crop"] = {"enabled": False}  # what nnU-Net imports wrote before the whole_scan tiling
+    check_manifest(manifest, "x/lnrt.json")
+    manifest["body_crop"] = {"threshold_hu": -500.0, "margin_mm": 10.0, "tiling": "whole_scan"}  # and now
     manifest["normalization"] = {"scheme": "ct_zscore", "clip_hu": [-150.0, 500.0], "mean": 60.0, "std": 1e-8}
     manifest["sliding_window"]["allowed_mirror_axes"] = [0, 1, 2]
     check_manifest(manifest, "x/lnrt.json")

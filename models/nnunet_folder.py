@@ -1,4 +1,9 @@
-"""A small nnU-Net v2 results folder built from scratch (random weights), for the import tests.
+"""nnU-Net v2 results folders built from scratch (random weights), for the import tests and benchmarks.
+
+`SMALL` (3 stages, 8-16-32 features, 12 k parameters) is what the import tests use; `LARGE` is the size
+of network users bring (issue 22): a PlainConvUNet of 5 stages, 32-64-128-256-320 features, 16.5 M
+parameters, patch 64 x 128 x 128 at 2 x 1 x 1 mm, the shape of a head-and-neck CT `3d_fullres` plan.
+Needs torch and dynamic-network-architectures (the `peers` extra).
 
 It follows the files nnU-Net's own predictor reads: plans.json (with a PlainConvUNet `architecture`
 entry and CT foreground intensity properties), dataset.json, and fold_N/checkpoint_final.pth with
@@ -10,23 +15,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 
-SPACING = [2.0, 1.5, 1.5]
-PATCH = [32, 64, 64]
-FEATURES = [8, 16, 32]
+
+@dataclass(frozen=True)
+class Shape:
+    spacing: tuple  # (z, y, x) mm
+    patch: tuple  # (z, y, x) voxels
+    features: tuple  # per stage; the first stage keeps full resolution, each next one halves it
+
+
+SMALL = Shape((2.0, 1.5, 1.5), (32, 64, 64), (8, 16, 32))
+LARGE = Shape((2.0, 1.0, 1.0), (64, 128, 128), (32, 64, 128, 256, 320))
+SPACING, PATCH, FEATURES = list(SMALL.spacing), list(SMALL.patch), list(SMALL.features)
 PROPS = {"max": 1800.0, "mean": 60.0, "median": 55.0, "min": -1000.0, "percentile_00_5": -150.0,
          "percentile_99_5": 500.0, "std": 120.0}
 
 
-def plans(transpose=(0, 1, 2)) -> dict:
+def plans(transpose=(0, 1, 2), shape: Shape = SMALL) -> dict:
     back = [list(transpose).index(a) for a in range(3)]
+    n, spacing, patch = len(shape.features), list(shape.spacing), list(shape.patch)
     arch = {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
         "arch_kwargs": {
-            "n_stages": 3, "features_per_stage": FEATURES, "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-            "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+            "n_stages": n, "features_per_stage": list(shape.features), "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * n, "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+            "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
             "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
@@ -34,8 +50,8 @@ def plans(transpose=(0, 1, 2)) -> dict:
     }
     cfg = {
         "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": 2, "patch_size": [PATCH[a] for a in transpose],
-        "median_image_size_in_voxels": [64, 128, 128], "spacing": [SPACING[a] for a in transpose],
+        "batch_size": 2, "patch_size": [patch[a] for a in transpose],
+        "median_image_size_in_voxels": [64, 128, 128], "spacing": [spacing[a] for a in transpose],
         "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
@@ -47,11 +63,39 @@ def plans(transpose=(0, 1, 2)) -> dict:
         "architecture": arch, "batch_dice": False,
     }
     return {"dataset_name": "Dataset901_LnrtTest", "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": [SPACING[a] for a in transpose],
+            "original_median_spacing_after_transp": [spacing[a] for a in transpose],
             "original_median_shape_after_transp": [64, 128, 128], "image_reader_writer": "SimpleITKIO",
             "transpose_forward": list(transpose), "transpose_backward": back,
             "configurations": {"3d_fullres": cfg}, "experiment_planner_used": "ExperimentPlanner",
             "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {"0": PROPS}}
+
+
+def _normalized(hu: np.ndarray) -> np.ndarray:
+    x = np.clip(hu, PROPS["percentile_00_5"], PROPS["percentile_99_5"])
+    return ((x - PROPS["mean"]) / PROPS["std"]).astype(np.float32)
+
+
+def _margin(net, x: np.ndarray) -> np.ndarray:
+    """Foreground minus background logit of one patch (nnU-Net's axis order)."""
+    import torch
+
+    with torch.no_grad():
+        y = net(torch.from_numpy(np.ascontiguousarray(x))[None, None])[0].numpy()
+    return y[1] - y[0]
+
+
+def _calibrate_head(net, probe: np.ndarray, transpose, patch, foreground: float) -> None:
+    import torch
+
+    x = np.transpose(_normalized(probe), transpose)[tuple(slice(0, s) for s in patch)]
+    d = _margin(net, x)
+    with torch.no_grad():
+        net.decoder.seg_layers[-1].bias[1] -= float(np.quantile(d, 1.0 - foreground))
+
+
+def _margin_on_air(net, patch) -> float:
+    """The largest foreground margin over a patch of air (< 0: background everywhere)."""
+    return float(_margin(net, _normalized(np.full(patch, -1000.0, np.float32))).max())
 
 
 def dataset() -> dict:
@@ -59,33 +103,37 @@ def dataset() -> dict:
             "numTraining": 1, "file_ending": ".nii.gz"}
 
 
-def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None) -> Path:
-    """Write the folder; `probe` ((z, y, x) HU array) calibrates the head bias to ~1/3 foreground."""
+def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None,
+                shape: Shape = SMALL, foreground: float = 1 / 3, air_background: bool = False) -> Path:
+    """Write the folder; `probe` ((z, y, x) HU array, at least a patch) calibrates the head bias so that
+    the share `foreground` of its first patch is foreground.
+
+    `air_background`: the head bias is lowered further, if need be, until a patch of air is background
+    everywhere, as it is for any trained model (the body's foreground share is then what is left). A
+    random network may call air foreground, and then nnU-Net marks "nodes" in the air around the
+    patient, in tiles lnrt does not run (issue 22)."""
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
     from torch import nn
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    p = plans(transpose)
+    p = plans(transpose, shape)
     (root / "plans.json").write_text(json.dumps(p, indent=1))
     (root / "dataset.json").write_text(json.dumps(dataset(), indent=1))
     kw = dict(p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"])
     kw.update(conv_op=nn.Conv3d, norm_op=nn.InstanceNorm3d, dropout_op=None, nonlin=nn.LeakyReLU)
+    patch = p["configurations"]["3d_fullres"]["patch_size"]
     for i, f in enumerate(folds):
         torch.manual_seed(seed + i)
         net = PlainConvUNet(input_channels=1, num_classes=2, deep_supervision=False, **kw).eval()
         if probe is not None:
-            x = np.clip(probe, PROPS["percentile_00_5"], PROPS["percentile_99_5"])
-            x = ((x - PROPS["mean"]) / PROPS["std"]).astype(np.float32)
-            x = np.transpose(x, transpose)
-            crop = tuple(slice(0, s) for s in p["configurations"]["3d_fullres"]["patch_size"])
-            with torch.no_grad():
-                y = net(torch.from_numpy(np.ascontiguousarray(x[crop]))[None, None])[0].numpy()
-            d = y[1] - y[0]
-            head = net.decoder.seg_layers[-1]
-            with torch.no_grad():
-                head.bias[1] -= float(np.quantile(d, 0.66))
+            _calibrate_head(net, probe, transpose, patch, foreground)
+        if air_background:
+            top = _margin_on_air(net, patch)
+            if top >= 0:
+                with torch.no_grad():
+                    net.decoder.seg_layers[-1].bias[1] -= top + 1e-3 * (1.0 + abs(top))
         ckpt = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
                 "init_args": {"plans": p, "configuration": "3d_fullres", "fold": f, "dataset_json": dataset()},
                 "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1000,
