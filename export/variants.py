@@ -17,7 +17,7 @@ from lnrt.atomic import write_bytes
 from lnrt.errors import LnrtError
 from lnrt.package import VARIANT_FILES, ModelPackage
 
-from . import Progress
+from . import Progress, release_memory
 from . import gate as gates
 from .precision import fp32_nodes, to_fp16, to_int8
 
@@ -131,6 +131,7 @@ def _build(pkg: ModelPackage, variant: str, keep, calib, n_calib: int, calibrati
     with Session(pkg, backend="onnxruntime", device="cpu", variant="fp32", threads=threads) as prep:
         tiles = gates.iter_calibration_tiles(prep, iter_calibration_volumes(calib, n_calib), seed=2)
         candidate = to_int8(fp32, tiles, keep, method=calibration, threads=threads, progress=tile_done)
+    release_memory()
     return candidate, {"calibration": {
         "source": str(calib) if calib else
         f"neck phantoms, seeds {gates.CALIB_SEED0}..{gates.CALIB_SEED0 + n_calib - 1}",

@@ -62,3 +62,29 @@ def test_node_table_statistics_match_brute_force():
                       atol=0.02)
     # perpendicular to a diagonal, the longest chord spans the rectangle between its narrow sides
     assert 5.5 * 0.7 <= box["short_axis_mm"] <= box["long_axis_mm"]
+
+
+def test_measuring_repeated_shapes_once_gives_the_same_table(monkeypatch):
+    """A noisy mask's components repeat shapes; lnrt.nodes.MaskMemo measures each distinct mask once.
+    The node table equals the one measured node by node, field for field, in a flipped, anisotropic
+    frame, and the memo did save calls."""
+    from lnrt import nodes
+
+    rng = np.random.default_rng(4)
+    mask = rng.random((12, 80, 80)) < 0.12
+    vol = Volume(np.zeros(mask.shape, np.int16), spacing=(0.7, 0.9, 2.0), origin=(1.0, -2.0, 3.0),
+                 direction=np.diag([-1.0, 1.0, -1.0]))
+    labels, n = label_components(mask, 26, 0)
+    calls = []
+    real = nodes.MaskMemo.__call__
+
+    def counted(self, m, *args):
+        calls.append(len(self.seen))
+        return real(self, m, *args)
+
+    monkeypatch.setattr(nodes.MaskMemo, "__call__", counted)
+    memo = node_table(labels, vol, Orientation.of(vol.direction))
+    monkeypatch.setattr(nodes.MaskMemo, "__call__", lambda self, m, *args: self.fn(m, *args))
+    plain = node_table(labels, vol, Orientation.of(vol.direction))
+    assert n > 300 and memo == plain
+    assert calls and max(calls) < len(calls) / 2 / 3  # fewer than a third of the masks were distinct

@@ -136,3 +136,73 @@ def test_row_ends_give_the_slice_extremes_of_every_point():
         assert np.array_equal(recist._slice_extremes(pts), recist._slice_extremes_all_points(pts)), i
     # the one direction measured on every point: 90 degrees (cos 90 deg = 6e-17 ties rows after rounding)
     assert recist._NEAR_Y.tolist() == [90]
+
+
+def test_row_filtered_extreme_candidates_equal_the_direct_ones():
+    """In-plane outlines over ROW_FILTER_MIN points take the row-end path of extreme_candidates: the
+    candidate set equals the all-points computation's exactly (noise, opened noise and ellipses, at
+    random spacings)."""
+    from scipy import ndimage
+
+    from lnrt import recist
+
+    def direct(points, directions):
+        proj = points @ directions
+        tol = recist.TIE_REL * max(float(np.abs(points).max()), 1.0) * np.abs(directions).sum(0)
+        return np.flatnonzero(((proj <= proj.min(0) + tol) | (proj >= proj.max(0) - tol)).any(1))
+
+    rng = np.random.default_rng(11)
+    checked = 0
+    for trial in range(60):
+        shape = (int(rng.integers(30, 200)), int(rng.integers(30, 200)))
+        if trial % 3 == 2:
+            yy, xx = np.mgrid[:shape[0], :shape[1]]
+            m = ((yy - shape[0] / 2) / (shape[0] / 2.2)) ** 2 + ((xx - shape[1] / 2) / (shape[1] / 2.5)) ** 2 < 1
+        else:
+            m = rng.random(shape) < rng.uniform(0.2, 0.8)
+            m = ndimage.binary_opening(m) if trial % 3 else m
+        sp = (0.5, 0.5) if trial % 4 == 0 else tuple(rng.uniform(0.3, 3.0, size=2))
+        pts = recist.outline_points(m) * np.asarray(sp)
+        if len(pts) <= recist.ROW_FILTER_MIN:
+            continue
+        checked += 1
+        assert np.array_equal(recist.extreme_candidates(pts, recist._DIRS2), direct(pts, recist._DIRS2)), trial
+    assert checked > 30
+
+
+def test_diameter_among_hull_vertices_equals_the_one_among_all_candidates():
+    """Over HULL_FILTER_MIN candidates (ties along straight edges), max_diameter pairs only the strict
+    hull vertices: the same length and the same two ends as pairing every candidate, on noise, cut
+    blobs and squares (exact ties between equally long diagonals)."""
+    from scipy import ndimage
+
+    from lnrt import recist
+
+    def all_pairs(points):
+        c = points[recist.extreme_candidates(points, recist._DIRS2)]
+        d2 = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(recist._first_max(d2.ravel()), d2.shape)
+        return float(np.sqrt(d2[i, j])), np.stack([c[i], c[j]])
+
+    rng = np.random.default_rng(13)
+    filtered = 0
+    for trial in range(90):
+        shape = (int(rng.integers(20, 200)), int(rng.integers(20, 200)))
+        m = rng.random(shape) < rng.uniform(0.2, 0.9)
+        if trial % 3 == 1:
+            m = ndimage.binary_opening(m)
+        if trial % 3 == 2:  # a block with a corner cut away: long straight edges
+            m[:] = True
+            m[int(rng.integers(0, shape[0])):, :int(rng.integers(1, shape[1]))] = False
+        if trial % 5 == 0:  # a square: equally long diagonals
+            m[:] = False
+            a = int(rng.integers(5, min(shape) // 2 + 6))
+            m[2:2 + a, 2:2 + a] = True
+        sp = np.array([0.5, 0.5]) if trial % 4 == 0 else rng.uniform(0.3, 3.0, size=2)
+        pts = recist.outline_points(m) * sp
+        if len(pts) < 2:
+            continue
+        filtered += len(recist.extreme_candidates(pts, recist._DIRS2)) > recist.HULL_FILTER_MIN
+        got, want = recist.max_diameter(pts, recist._DIRS2), all_pairs(pts)
+        assert got[0] == want[0] and np.array_equal(got[1], want[1]), trial
+    assert filtered > 20

@@ -1,0 +1,47 @@
+"""INT8 of the real-sized model: seconds per tile on each CPU backend against FP32, and argmax agreement.
+
+    python benchmarks/int8_large.py [PACKAGE]   (default: benchmarks/peers_large.py's cached package)
+
+Timing only: this random-weight network's INT8 variant fails its gate (Dice 0.937 on ONNX Runtime; see the
+README, "Real-sized models"), so lnrt does not run it. Calibrated like `lnrt export` (streaming, 6 tiles of
+2 phantoms), two batches of 2 tiles after a warm-up. Writes `benchmarks/results/<host>-<date>-int8-large.json`.
+"""
+import datetime as dt
+import json
+import sys
+import time
+
+import numpy as np
+import onnx
+
+from lnrt.export import precision, gate as gates
+from lnrt.export.variants import iter_calibration_volumes
+from lnrt.session import Session
+from lnrt.backends import REGISTRY
+from pathlib import Path
+
+from lnrt.bench import machine_info, save_result
+
+pkg = sys.argv[1] if len(sys.argv) > 1 else "/tmp/lnrt-peers-large/pkg"
+with Session(pkg, backend="onnxruntime") as s:
+    tiles = gates.iter_calibration_tiles(s, iter_calibration_volumes(None, 2), per_volume=3, seed=2)
+    q = precision.to_int8(onnx.load(f"{pkg}/model.onnx"), tiles)
+int8_path = Path(pkg).parent / "model.int8.timing.onnx"
+onnx.save(q, str(int8_path))
+x = np.random.default_rng(0).normal(size=(2, 1, 64, 128, 128)).astype(np.float32)
+out = {}
+for name, prec in (("openvino", "f32"), ("onnxruntime", "f32")):
+    for label, path in (("fp32", f"{pkg}/model.onnx"), ("int8", str(int8_path))):
+        be = REGISTRY[name].factory(path, threads=2, precision=prec)
+        be.run(x)
+        t = time.perf_counter()
+        for _ in range(2):
+            y = be.run(x)
+        out[f"{name}_{label}_s_per_tile"] = round((time.perf_counter() - t) / 4, 3)
+        if label == "fp32": ref = y
+        else:
+            out[f"{name}_int8_argmax_agreement_vs_fp32"] = round(float((y.argmax(1) == ref.argmax(1)).mean()), 4)
+print(json.dumps(out))
+res = {"schema": "lnrt.int8-large/1", "date": dt.date.today().isoformat(), "machine": machine_info(2),
+       "model": "the 16.5 M parameter random-weight nnU-Net package of benchmarks/peers_large.py", "results": out}
+print(save_result(res, Path(__file__).parent / "results", "int8-large"))
