@@ -40,7 +40,8 @@ setup(
         "pydicom>=2.4",
     ],
     extras_require={
-        "export": ["onnx>=1.15", "torch>=2.1", "onnxslim>=0.1.30", "safetensors>=0.4"],
+        # onnxruntime 1.32: INT8 export hands its quantizer lnrt's streamed ranges as a calibration cache
+        "export": ["onnx>=1.15", "torch>=2.1", "onnxslim>=0.1.30", "safetensors>=0.4", "onnxruntime>=1.32"],
         "train": ["onnx>=1.15", "torch>=2.1"],
         # one CUDA major in one process: onnxruntime-gpu 1.27 and later link CUDA 13 (libcudart.so.13), so
         # CuPy is the CUDA 13 build. TensorRT's libraries are not on PyPI (see the README's Installing).

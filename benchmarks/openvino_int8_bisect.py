@@ -73,9 +73,12 @@ def main() -> None:
     concat = concat_fed_convs(fp32)
     first = input_layers(fp32)
     volumes = gates.gate_volumes(3)
-    refs = {b: gates.fp32_reference(pkg, volumes, backend=b) for b in ("onnxruntime", "openvino")}
-    check_tiles = gates.calibration_tiles(refs["onnxruntime"], volumes[:1], per_volume=2, seed=1)
-    tiles = gates.calibration_tiles(refs["onnxruntime"], calibration_volumes(None, 4), seed=2)
+    from lnrt.session import Session
+
+    with Session(pkg, backend="onnxruntime", device="cpu") as prep:
+        check_tiles = gates.calibration_tiles(prep, volumes[:1], per_volume=2, seed=1)
+        tiles = gates.calibration_tiles(prep, calibration_volumes(None, 4), seed=2)
+    refs = {b: gates.fp32_reference(pkg, volumes, backend=b, tiles=check_tiles) for b in ("onnxruntime", "openvino")}
     keeps = {"all": [], "concat_only": [c for c in convs if c not in concat and c not in first],
              "no_concat": concat}
     rows = []
@@ -93,8 +96,6 @@ def main() -> None:
             print(f"{name:<12} {bits}-bit  " + "  ".join(
                 f"{b}: Dice {row[b]['dice']:.4f}, short axes {row[b]['short_axis_max_diff_mm']:.2f} mm, "
                 f"{'pass' if row[b]['passed'] else 'FAIL'}" for b in refs), flush=True)
-    for ref in refs.values():
-        ref.close()
     result = {"benchmark": "openvino_int8_bisect", "date": dt.date.today().isoformat(),
               "machine": machine_info(), "model": pkg.summary(), "concat_fed_convs": concat,
               "input_layer": first, "thresholds": "node-mask Dice >= 0.97, matched short axes within 0.5 mm",

@@ -3,7 +3,8 @@
 Everything is written into a staging folder beside `out` (`.OUT.staging`) and renamed into place at the
 end, so a failed export leaves nothing behind. A staging folder that a killed export left (the
 out-of-memory killer, kill -9: no `finally` runs) is removed by the next export to the same `out`, with a
-note; one whose export is still running (it holds the flock on the folder's `.lock`) is refused instead.
+note; while an export runs it holds a flock on `.OUT.lock` beside `out`, and a second export to the same
+`out` is refused.
 Each step logs a progress line with the elapsed time (`lnrt.export.Progress`). Steps:
 1. export the module (`lnrt.export.torch_export`), axis transpose baked into the graph when the model was
    trained on another axis order (nnU-Net's `transpose_forward`), so the ONNX always takes and returns
@@ -71,7 +72,6 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
             add_variants(stage, variants, calib=calib, keep=keep, force=force, threads=threads, progress=progress)
         if out.exists() and not out.is_dir():
             out.unlink()
-        (stage / ".lock").unlink()  # the flock stays on the open file until the end
         commit(stage, out)  # an older package folder there is replaced
         progress(f"package written to {out}")
     finally:
@@ -81,20 +81,26 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
 
 
 def _staging(out: Path) -> tuple:
-    """(the staging folder beside `out`, the fd holding its lock): a stale one from a killed export is
-    removed first; one that a running export holds is refused."""
+    """(the staging folder beside `out`, the fd holding the export's lock). The lock (a flock on
+    `.OUT.lock` beside it, taken before the folder is looked at, held until the export ends, and left in
+    place: removing a lock file races with the next export opening it) makes one export per `out` at a
+    time; a staging folder found while holding it was left by an export that was killed, and is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.with_name(f".{out.name}.staging")
-    if stage.is_dir() and (stage / ".lock").exists():
-        try:
-            os.close(lock_file(stage / ".lock"))
-        except BlockingIOError as exc:
-            raise LnrtError(f"{out}: another export is writing this package ({stage} is {exc}); expected one "
-                            "export per output folder") from None
-    if stage.exists():
-        log.warning("removing %s, left by an export that did not finish", stage)
-        shutil.rmtree(stage) if stage.is_dir() else stage.unlink()
-    stage.mkdir(parents=True)
-    return stage, lock_file(stage / ".lock")
+    try:
+        fd = lock_file(out.with_name(f".{out.name}.lock"))
+    except BlockingIOError as exc:
+        raise LnrtError(f"{out}: another export is writing this package (its lock is {exc}); expected one "
+                        "export per output folder") from None
+    try:
+        if stage.exists() or stage.is_symlink():
+            log.warning("removing %s, left by an export that did not finish", stage)
+            shutil.rmtree(stage) if stage.is_dir() and not stage.is_symlink() else stage.unlink()
+        stage.mkdir()
+    except BaseException:
+        os.close(fd)
+        raise
+    return stage, fd
 
 
 def _parity_on_phantoms(pkg: ModelPackage, net, n: int, threads) -> dict:

@@ -187,12 +187,13 @@ def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path
 
 def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: list | None = None,
              backend: str = "onnxruntime", threads: int | None = None, reference: Reference | None = None,
-             diagnose: bool = True, progress=None) -> dict:
+             diagnose: bool = True, progress=None, stop_early: bool = True) -> dict:
     """Gate `candidate` (an onnx.ModelProto) as `variant` of `pkg` on one backend; returns the report.
 
     `reference` is the FP32 `Reference` of `pkg` on the same backend for `volumes` (and its check tiles:
     `tiles`, when given, must be the reference's), so gating several variants runs FP32 once; without it
-    one is made here. `diagnose` adds the per-layer error ranking (`layer_errors`, run on ONNX Runtime)."""
+    one is made here. `diagnose` adds the per-layer error ranking (`layer_errors`, run on ONNX Runtime).
+    `stop_early=False` runs every volume (a variant written with --force records its full comparison)."""
     import onnx
 
     from lnrt.session import Session
@@ -200,6 +201,8 @@ def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: l
     cfg = GateConfig.for_variant(variant)
     if reference is None:
         reference = fp32_reference(pkg, volumes, backend, threads, tiles)
+    if len(reference.gate_results) != len(volumes):
+        raise ValueError(f"the reference holds {len(reference.gate_results)} results for {len(volumes)} volumes")
     tiles = reference.tiles
     with tempfile.TemporaryDirectory() as tmp:
         cand = _temp_package(pkg, variant, candidate.SerializeToString(), Path(tmp))
@@ -212,7 +215,7 @@ def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: l
                 per.append(r)
                 if progress:
                     progress(f"{variant} gate on {backend}: {name} ({i + 1}/{len(volumes)}), Dice {r['dice']:.4f}")
-                stopped = _cannot_pass(per, reference.gate_results[i + 1:], cfg)
+                stopped = _cannot_pass(per, reference.gate_results[i + 1:], cfg) if stop_early else None
                 if stopped and i + 1 < len(volumes):
                     break
             tiles_report = tile_parity(reference.tile_logits, got_s.backend, tiles)

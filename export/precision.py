@@ -186,14 +186,17 @@ def _root_logger_kept_quiet():
 
 
 HIST_BINS = 2048  # ONNX Runtime's default for percentile calibration: 2048 bins over [0, max |x|]
-PERCENTILE = 99.999
+# ONNX Runtime's percentile calibrator, as lnrt called it before (99.999, not symmetric), cut (100 - 99.999) / 2
+# from each signed tail, and the symmetric quantizer took the larger end: for the mostly non-negative
+# activations after LeakyReLU that is the 99.9995th percentile of x, which this |x| percentile keeps
+PERCENTILE = 99.9995
 
 
 class AbsHistogram:
     """A histogram of |x| with a fixed number of bins, fed array by array (streaming percentiles).
 
-    The bins cover [0, bins * width). The first array sets the width (its max |x| / bins); an array with a
-    larger |x| doubles the width, merging neighbouring bins pairwise, until it fits. The merge is exact
+    The bins cover [0, bins * width). The first array sets the width (just over its max |x| / bins); an array
+    with a |x| beyond the last bin doubles the width, merging neighbouring bins pairwise, until it fits. The merge is exact
     (every count stays in the bin that holds its old bin), so the result does not depend on how the data
     were split into arrays beyond the width's power of two; memory is `bins` counts whatever the data."""
 
@@ -207,11 +210,15 @@ class AbsHistogram:
         a = np.asarray(a, dtype=np.float32).ravel()
         if a.size == 0:
             return
-        self.lo, self.hi = min(self.lo, float(a.min())), max(self.hi, float(a.max()))
+        lo, hi = float(a.min()), float(a.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise LnrtError(f"INT8 calibration: an activation holds {'NaN' if np.isnan(lo + hi) else 'inf'}; "
+                            "expected finite values (check the model and the calibration scans)")
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         a = np.abs(a)
         top, n = float(a.max()), self.counts.size
-        if self.width == 0.0:
-            self.width = top / n if top > 0 else 0.0
+        if self.width == 0.0:  # every bin in use, the largest value just inside the last one
+            self.width = top / n * (1.0 + 1e-6) if top > 0 else 0.0
         while top >= self.width * n and self.width > 0:
             self.counts = np.concatenate([self.counts.reshape(n // 2, 2).sum(axis=1), np.zeros(n // 2, np.int64)])
             self.width *= 2.0
@@ -255,7 +262,7 @@ def calibration_ranges(model, tiles: Iterable, method: str = "percentile", threa
     a time: the tiles are consumed lazily and each tile's activations are reduced to its histogram and
     dropped before the next tile runs, so peak memory is one tile's activations whatever the number of
     tiles. "minmax" gives the exact (min, max); "percentile" the symmetric range (-t, t) with t the
-    99.999th percentile of |x| (`AbsHistogram`). `progress(i)` is called after tile i (1-based)."""
+    `PERCENTILE` of |x| (`AbsHistogram`). `progress(i)` is called after tile i (1-based)."""
     onnx = _onnx()
     import onnxruntime as ort
 
@@ -316,6 +323,13 @@ def to_int8(model, tiles: Iterable, keep: Iterable[str] = (), keep_input_layer: 
 
     if method not in CALIBRATION:
         raise LnrtError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION)}")
+    import inspect
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        import onnxruntime
+
+        raise LnrtError(f"INT8 export needs onnxruntime >= 1.32 (its quantizer's calibration cache); this is "
+                        f"{onnxruntime.__version__}: pip install 'onnxruntime>=1.32'")
     ranges = calibration_ranges(model, tiles, method, threads, progress)
     keep = list(keep) + (input_layers(model) if keep_input_layer else [])
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True,

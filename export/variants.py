@@ -89,10 +89,8 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
     if backends[0] != "onnxruntime":
         raise LnrtError(f"the gates' first backend must be onnxruntime (the reference), not {backends[0]!r}")
     volumes = gates.gate_volumes(n_gate)
-    refs = {}  # FP32 runs once per backend for every variant
-    for b in backends:
-        refs[b] = gates.fp32_reference(pkg, volumes, backend=b, threads=threads,
-                                       tiles=refs["onnxruntime"].tiles if refs else None, progress=progress)
+    # FP32 runs once per backend for every variant; on the other backends only once a variant needs it
+    refs = _References(pkg, volumes, backends, threads, progress)
     reports = {}
     for variant in variants:
         progress(f"building the {variant} variant")
@@ -141,19 +139,35 @@ def _build(pkg: ModelPackage, variant: str, keep, calib, n_calib: int, calibrati
         "placement": "inputs of Conv, ConvTranspose, Gemm, MatMul only", "weights": "int8 symmetric per channel"}}
 
 
+class _References(dict):
+    """backend -> its FP32 `gates.Reference`, made on first use (ONNX Runtime's check tiles for all)."""
+
+    def __init__(self, pkg, volumes, backends, threads, progress):
+        super().__init__()
+        self.args, self.backends = (pkg, volumes, threads, progress), list(backends)
+
+    def __missing__(self, backend: str):
+        pkg, volumes, threads, progress = self.args
+        tiles = None if backend == "onnxruntime" else self["onnxruntime"].tiles
+        self[backend] = gates.fp32_reference(pkg, volumes, backend=backend, threads=threads, tiles=tiles,
+                                             progress=progress)
+        return self[backend]
+
+
 def _gate_everywhere(pkg, variant, candidate, volumes, refs, force, threads, progress) -> dict:
-    """The ONNX Runtime gate report with every other backend's verdict in `gate_backends`."""
+    """The ONNX Runtime gate report with every other backend's verdict in `gate_backends`. With `force`
+    every volume runs: the written variant's record is then complete."""
     report = gates.run_gate(pkg, variant, candidate, volumes, threads=threads, reference=refs["onnxruntime"],
-                            progress=progress)
+                            progress=progress, stop_early=not force)
     report["gate_backends"] = {"onnxruntime": gates.summary_line(report)}
-    for b in list(refs)[1:]:
+    for b in refs.backends[1:]:
         if not (report["passed"] or force):
             report["gate_backends"][b] = {"passed": False, "dice": None, "short_axis_max_diff_mm": None,
                                           "failures": ["not gated: the variant failed on onnxruntime"],
                                           "backend_version": None}
             continue
         other = gates.run_gate(pkg, variant, candidate, volumes, threads=threads, backend=b,
-                               reference=refs[b], diagnose=False, progress=progress)
+                               reference=refs[b], diagnose=False, progress=progress, stop_early=not force)
         report["gate_backends"][b] = gates.summary_line(other)
         report.setdefault("other_backends", {})[b] = {k: other[k] for k in ("backend", "tiles", "volumes")}
         if not other["passed"]:

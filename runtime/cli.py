@@ -554,9 +554,13 @@ def with_export(f):
     @functools.wraps(f)
     def run(*args, **kwargs):
         logger = logging.getLogger("lnrt")
+        level = logger.level
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
-        return f(*args, **kwargs)
+        try:
+            return f(*args, **kwargs)
+        finally:
+            logger.setLevel(level)
 
     for opt in reversed(export_options):
         run = opt(run)

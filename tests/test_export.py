@@ -148,7 +148,8 @@ def _ort_ranges(model, tiles, method, tmp_path):
 
     src = tmp_path / f"m_{method}.onnx"
     onnx.save(model, str(src))
-    extra = {"symmetric": True, "percentile": 99.999, "num_bins": 2048} if method == "percentile" else {}
+    extra = ({"symmetric": True, "percentile": precision.PERCENTILE, "num_bins": 2048}
+             if method == "percentile" else {})
     cal = create_calibrator(src, precision.WEIGHTED_OPS, augmented_model_path=str(tmp_path / f"aug_{method}.onnx"),
                             calibrate_method=CalibrationMethod.Percentile if method == "percentile"
                             else CalibrationMethod.MinMax, extra_options=extra)
@@ -168,7 +169,7 @@ def _ort_ranges(model, tiles, method, tmp_path):
 
 def test_streaming_calibration_gives_onnxruntimes_ranges(tmp_path, capsys):
     """lnrt's tile-by-tile ranges against ONNX Runtime's own calibrators on the same tiles: min/max
-    exactly, the 99.999th percentile of |x| within 3 bins of the final histogram (ONNX Runtime keeps
+    exactly, the PERCENTILE of |x| within 3 bins of the final histogram (ONNX Runtime keeps
     every tile's activations and takes a bin's lower edge, lnrt the upper edge of a bin up to twice as
     wide)."""
     model, tiles = _calib_model_and_tiles(4)
@@ -213,6 +214,9 @@ def test_abs_histogram_is_exact_under_rebinning():
     assert abs(t - np.median(allx)) <= h.width
     with pytest.raises(ValueError, match="even"):
         precision.AbsHistogram(bins=3)
+    for bad, word in ((np.inf, "inf"), (np.nan, "NaN")):  # a loop that would never end, a negative index
+        with pytest.raises(LnrtError, match=word):
+            precision.AbsHistogram().add(np.array([1.0, bad], np.float32))
 
 
 def test_calibration_memory_does_not_grow_with_the_number_of_tiles():
@@ -372,15 +376,19 @@ def test_export_removes_a_stale_staging_folder_refuses_a_live_one_and_shows_prog
     assert any("removing" in m and ".pkg.staging" in m for m in lines)
     assert any(m.startswith("export: exporting the network to ONNX [") for m in lines)
     assert any(m.startswith("export: package written to") for m in lines)
+    assert (tmp_path / ".pkg.lock").exists()  # the lock file stays (empty of meaning once unlocked)
     live = tmp_path / ".pkg2.staging"
     live.mkdir()
-    fd = lock_file(live / ".lock")  # an export still running
+    (live / "model.onnx").write_bytes(b"half written")
+    fd = lock_file(tmp_path / ".pkg2.lock")  # an export still running
     try:
         with pytest.raises(LnrtError, match="another export is writing"):
             build_package(_tiny_module(), tmp_path / "pkg2", **kw)
-        assert live.is_dir() and (live / ".lock").exists()
+        assert (live / "model.onnx").read_bytes() == b"half written"  # the running export's folder is untouched
     finally:
         os.close(fd)
+    build_package(_tiny_module(), tmp_path / "pkg2", **kw)  # once it is gone, the next export proceeds
+    assert not live.exists() and ModelPackage.load(tmp_path / "pkg2")
 
 
 def test_match_nodes_pairs_by_overlap():
