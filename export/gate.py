@@ -268,5 +268,6 @@ def save_report(root: Path, variant: str, report: dict) -> Path:
     return write_json(Path(root) / f"parity.{variant}.json", report)
 
 
-__all__ = ["GateConfig", "Reference", "fp32_reference", "best_dice", "iter_calibration_tiles", "run_gate", "summary_line", "gate_volumes", "calibration_tiles", "layer_errors", "save_report",
+__all__ = ["GateConfig", "Reference", "fp32_reference", "best_dice", "iter_calibration_tiles", "run_gate",
+           "summary_line", "gate_volumes", "calibration_tiles", "layer_errors", "save_report",
            "compare_results"]

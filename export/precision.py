@@ -11,7 +11,8 @@ TensorRT 11 is strongly typed only, so precision must live in the ONNX file itse
   and symmetric per-channel int8 weights (zero points 0, which TensorRT requires), calibrated on tiles
   the caller provides. The activation ranges are lnrt's own (`calibration_ranges`): tile by tile into a
   fixed-size histogram per tensor, handed to the quantizer as a calibration cache, so memory does not
-  grow with the calibration set (ONNX Runtime's percentile calibrator keeps every tile's activations). Q/DQ pairs sit only on the inputs of the weighted layers (Conv, ConvTranspose,
+  grow with the calibration set (ONNX Runtime's percentile calibrator keeps every tile's activations).
+  Q/DQ pairs sit only on the inputs of the weighted layers (Conv, ConvTranspose,
   Gemm, MatMul): the placement the TensorRT developer guide recommends for explicit quantization
   ("Q/DQ layer placement": quantize the inputs of weighted operations, not their outputs). The file
   loads on ONNX Runtime, OpenVINO and TensorRT 10/11, but a backend's int8 kernels may not compute it
@@ -195,10 +196,11 @@ PERCENTILE = 99.9995
 class AbsHistogram:
     """A histogram of |x| with a fixed number of bins, fed array by array (streaming percentiles).
 
-    The bins cover [0, bins * width). The first array sets the width (just over its max |x| / bins); an array
-    with a |x| beyond the last bin doubles the width, merging neighbouring bins pairwise, until it fits. The merge is exact
-    (every count stays in the bin that holds its old bin), so the result does not depend on how the data
-    were split into arrays beyond the width's power of two; memory is `bins` counts whatever the data."""
+    The bins cover [0, bins * width). The first array sets the width (just over its max |x| / bins); an
+    array with a |x| beyond the last bin doubles the width, merging neighbouring bins pairwise, until it
+    fits. The merge is exact (every count stays in the bin that holds its old bin), so the result does not
+    depend on how the data were split into arrays beyond the width's power of two; memory is `bins`
+    counts whatever the data."""
 
     def __init__(self, bins: int = HIST_BINS):
         if bins < 2 or bins % 2:
