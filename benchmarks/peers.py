@@ -81,6 +81,20 @@ def nnunet_folder(root: Path, state: dict) -> Path:
     return root
 
 
+def nnunet_end_to_end(pred, scan: Path, out_path: Path) -> np.ndarray:
+    """nnU-Net's predictor end to end on a scan file: SimpleITK read, `predict_single_npy_array`, SimpleITK
+    write of the segmentation to `out_path`; returns the segmentation."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(scan))
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
+    seg = pred.predict_single_npy_array(arr, {"spacing": list(img.GetSpacing())[::-1]})
+    out = sitk.GetImageFromArray(seg.astype(np.uint8))
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(out_path), useCompression=True)
+    return seg
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -110,7 +124,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    import SimpleITK as sitk
     import torch
 
     import lnrt
@@ -148,16 +161,7 @@ def main() -> None:
                                device=torch.device("cpu"), allow_tqdm=False)
         pred.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
 
-        def nnunet_e2e():
-            img = sitk.ReadImage(str(scan))
-            arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
-            seg = pred.predict_single_npy_array(arr, {"spacing": list(img.GetSpacing())[::-1]})
-            out = sitk.GetImageFromArray(seg.astype(np.uint8))
-            out.CopyInformation(img)
-            sitk.WriteImage(out, str(tmp / "nnunet_seg.nii.gz"), useCompression=True)
-            return seg
-
-        seg, t = timed(nnunet_e2e)
+        seg, t = timed(lambda: nnunet_end_to_end(pred, scan, tmp / "nnunet_seg.nii.gz"))
         e2e["nnunet_predictor"] = round(t, 3)
         log(f"nnU-Net predictor: {t:.1f} s")
         with lnrt.Session(backend="onnxruntime", threads=args.threads) as s:

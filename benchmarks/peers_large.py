@@ -113,8 +113,10 @@ def child_lnrt(engine: str, scan: Path, pkg: Path, out: Path, threads: int) -> d
 
 
 def child_nnunet(scan: Path, folder: Path, out: Path, threads: int) -> dict:
-    import SimpleITK as sitk
     import torch
+
+    sys.path.insert(0, str(HERE))
+    from peers import nnunet_end_to_end
 
     torch.set_num_threads(threads)
     nnunet_env(folder)
@@ -124,12 +126,7 @@ def child_nnunet(scan: Path, folder: Path, out: Path, threads: int) -> dict:
                            device=torch.device("cpu"), allow_tqdm=False)
     pred.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
     t0 = time.perf_counter()
-    img = sitk.ReadImage(str(scan))
-    arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
-    seg = pred.predict_single_npy_array(arr, {"spacing": list(img.GetSpacing())[::-1]})
-    o = sitk.GetImageFromArray(seg.astype(np.uint8))
-    o.CopyInformation(img)
-    sitk.WriteImage(o, str(out / "nnunet_seg.nii.gz"), useCompression=True)
+    seg = nnunet_end_to_end(pred, scan, out / "nnunet_seg.nii.gz")
     wall = time.perf_counter() - t0
     np.save(out / "mask.npy", seg > 0)
     return {"end_to_end_s": round(wall, 3)}

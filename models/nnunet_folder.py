@@ -93,25 +93,15 @@ def _calibrate_head(net, probe: np.ndarray, transpose, patch, foreground: float)
         net.decoder.seg_layers[-1].bias[1] -= float(np.quantile(d, 1.0 - foreground))
 
 
-def _margin_on_air(net, patch) -> float:
-    """The largest foreground margin over a patch of air (< 0: background everywhere)."""
-    return float(_margin(net, _normalized(np.full(patch, -1000.0, np.float32))).max())
-
-
 def dataset() -> dict:
     return {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lymph_node": 1},
             "numTraining": 1, "file_ending": ".nii.gz"}
 
 
 def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None,
-                shape: Shape = SMALL, foreground: float = 1 / 3, air_background: bool = False) -> Path:
+                shape: Shape = SMALL, foreground: float = 1 / 3) -> Path:
     """Write the folder; `probe` ((z, y, x) HU array, at least a patch) calibrates the head bias so that
-    the share `foreground` of its first patch is foreground.
-
-    `air_background`: the head bias is lowered further, if need be, until a patch of air is background
-    everywhere, as it is for any trained model (the body's foreground share is then what is left). A
-    random network may call air foreground, and then nnU-Net marks "nodes" in the air around the
-    patient, in tiles lnrt does not run (issue 22)."""
+    the share `foreground` of its first patch is foreground."""
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
     from torch import nn
@@ -129,11 +119,6 @@ def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, prob
         net = PlainConvUNet(input_channels=1, num_classes=2, deep_supervision=False, **kw).eval()
         if probe is not None:
             _calibrate_head(net, probe, transpose, patch, foreground)
-        if air_background:
-            top = _margin_on_air(net, patch)
-            if top >= 0:
-                with torch.no_grad():
-                    net.decoder.seg_layers[-1].bias[1] -= top + 1e-3 * (1.0 + abs(top))
         ckpt = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
                 "init_args": {"plans": p, "configuration": "3d_fullres", "fold": f, "dataset_json": dataset()},
                 "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1000,

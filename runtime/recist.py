@@ -114,18 +114,11 @@ def _extreme_candidates_2d(points: np.ndarray, tol: np.ndarray) -> np.ndarray | 
     only in the `_NEAR_Y` directions, which are computed over every point. None (use the direct
     computation) if the outline's x step is too small against the tolerance for that argument. A noisy
     component's 30,000-point slice took 60 ms directly, 4 ms so (issue 22)."""
-    order = np.lexsort((points[:, 1], points[:, 0]))
-    y, x = points[order, 0], points[order, 1]
-    same_row = y[1:] == y[:-1]
-    gaps = (x[1:] - x[:-1])[same_row]
-    if gaps.size and float(gaps.min()) * float(np.abs(_ROW_DIRS[1]).min()) < 1e3 * float(tol.max()):
+    ends, gap = _row_ends(points)
+    if gap * float(np.abs(_ROW_DIRS[1]).min()) < 1e3 * float(tol.max()):
         return None
-    starts = np.flatnonzero(np.r_[True, ~same_row])
-    ends = np.unique(order[np.r_[starts, np.r_[starts[1:] - 1, len(y) - 1]]])
-    keep = np.ones(_DIRS2.shape[1], bool)
-    keep[_NEAR_Y] = False
     proj = points[ends] @ _ROW_DIRS
-    t = tol[keep]
+    t = np.delete(tol, _NEAR_Y)  # in _ROW_DIRS' column order
     hit = ends[((proj <= proj.min(0) + t) | (proj >= proj.max(0) - t)).any(1)]
     near = points @ _DIRS2[:, _NEAR_Y]
     t = tol[_NEAR_Y]
@@ -339,16 +332,19 @@ _NEAR_Y = np.flatnonzero(np.abs(_DIRS2[1]) < 1e-9)
 _ROW_DIRS = np.ascontiguousarray(np.delete(_DIRS2, _NEAR_Y, axis=1))
 
 
-def _row_ends(yx: np.ndarray) -> np.ndarray:
-    """Indices (sorted) of the first and last point of each row of equal y, in x order: the only points
-    of a row that can be extreme in a direction with an x component, since y*dy + x*dx, rounded, is
-    monotonic in x along a row (strictly, when |dx| * (the 0.5 px step between outline points) is far
-    above the rounding of the sum, as for every sampled direction but `_NEAR_Y`)."""
+def _row_ends(yx: np.ndarray) -> tuple:
+    """(indices (sorted) of the first and last point of each row of equal y, in x order; the smallest x
+    step between neighbours in a row, inf if none). The ends are the only points of a row that can be
+    extreme in a direction with an x component, since y*dy + x*dx, rounded, is monotonic in x along a
+    row (strictly, when |dx| times that step is far above the rounding of the sum, as for every sampled
+    direction but `_NEAR_Y` at the outline's 0.5 px steps)."""
     order = np.lexsort((yx[:, 1], yx[:, 0]))
-    y = yx[order, 0]
-    starts = np.flatnonzero(np.r_[True, y[1:] != y[:-1]])
+    y, x = yx[order, 0], yx[order, 1]
+    same_row = y[1:] == y[:-1]
+    gaps = (x[1:] - x[:-1])[same_row]
+    starts = np.flatnonzero(np.r_[True, ~same_row])
     ends = np.r_[starts[1:] - 1, len(y) - 1]
-    return np.unique(order[np.r_[starts, ends]])
+    return np.unique(order[np.r_[starts, ends]]), (float(gaps.min()) if gaps.size else np.inf)
 
 
 def _slice_extremes(points: np.ndarray) -> np.ndarray:
@@ -367,25 +363,13 @@ def _slice_extremes(points: np.ndarray) -> np.ndarray:
     keep = []
     for group in np.split(np.arange(len(pts)), cuts):
         yx = pts[group, 1:]
-        ends = _row_ends(yx)
+        ends, _ = _row_ends(yx)
         proj = yx[ends] @ _ROW_DIRS
         picked = [ends[proj.argmin(0)], ends[proj.argmax(0)]]
         if _NEAR_Y.size:
             near = yx @ _DIRS2[:, _NEAR_Y]
             picked += [near.argmin(0), near.argmax(0)]
         keep.append(group[np.unique(np.concatenate(picked))])
-    return pts[np.concatenate(keep)]
-
-
-def _slice_extremes_all_points(points: np.ndarray) -> np.ndarray:
-    """`_slice_extremes` without the row filter (the reference its tests compare with)."""
-    order = np.argsort(points[:, 0], kind="stable")
-    pts = points[order]
-    cuts = np.flatnonzero(np.diff(pts[:, 0])) + 1
-    keep = []
-    for group in np.split(np.arange(len(pts)), cuts):
-        proj = pts[group, 1:] @ _DIRS2
-        keep.append(group[np.unique(np.concatenate([proj.argmin(0), proj.argmax(0)]))])
     return pts[np.concatenate(keep)]
 
 
