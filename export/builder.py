@@ -25,18 +25,41 @@ from lnrt.errors import LnrtError
 from lnrt.package import ModelPackage, make_manifest, write_manifest
 
 from . import Progress, release_memory
-from .torch_export import export_module, first_output, torch_parity
+from .torch_export import export_module, first_output, slice_module, torch_parity
 
 log = logging.getLogger("lnrt")
 
 ARGMAX_DICE_MIN = 0.999
+# Slices per network call for 2D and 2.5D models: a slice is 1/48 of the default 3D tile, so two per call
+# would leave the backend idle between calls (benchmarks/slice_models.py measures the batch)
+SLICE_BATCH = 16
+
+
+def check_input_kind(kind: str, context: int, patch_zyx, spacing_zyx) -> str:
+    """The input kind, refused in one line where the patch, context or spacing do not fit it."""
+    from lnrt.package import INPUT_KINDS, MAX_CONTEXT_SLICES
+
+    if kind not in INPUT_KINDS:
+        raise LnrtError(f"input kind {kind!r}: expected one of {', '.join(INPUT_KINDS)}")
+    if kind == "3d":
+        if context or any(s is None for s in spacing_zyx):
+            raise LnrtError("a 3d model takes no context slices and a spacing on every axis; expected "
+                            "--input-kind 2d or 2.5d for a slice model")
+        return kind
+    if int(patch_zyx[0]) != 1:
+        raise LnrtError(f"patch {tuple(patch_zyx)}: a {kind} model's patch is one slice; expected --patch 1 Y X")
+    if (kind == "2.5d") != (context > 0) or not 0 <= context <= MAX_CONTEXT_SLICES:
+        raise LnrtError(f"{kind} model with {context} context slices: expected 1 to {MAX_CONTEXT_SLICES} "
+                        "context slices for 2.5d and none for 2d")
+    return kind
 
 
 def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, normalization: dict,
                   classes, provenance: dict, transpose=(0, 1, 2), mirror_axes=(), variants=(),
                   calib=None, keep=(), force: bool = False, overwrite: bool = False,
                   min_volume_mm3: float = 10.0, probe_volumes: int = 1, threads: int | None = None,
-                  tiling: str = "body_box") -> Path:
+                  tiling: str = "body_box", input_kind: str = "3d", context_slices: int = 0,
+                  batch_size: int | None = None) -> Path:
     out = Path(out)
     if out.exists() and not overwrite:
         raise LnrtError(f"{out}: already exists; expected a new folder (or --overwrite)")
@@ -44,17 +67,21 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
     stage, lock = _staging(out)
     try:
         progress("exporting the network to ONNX")
-        net = first_output(module, transpose)
-        model, check = export_module(net, patch_zyx)
+        kind = check_input_kind(input_kind, context_slices, patch_zyx, spacing_zyx)
+        net = first_output(slice_module(module) if kind != "3d" else module, transpose)
+        pz, py, px = patch_zyx
+        model, check = export_module(net, (pz + 2 * context_slices, py, px))
         (stage / "model.onnx").write_bytes(model.SerializeToString())
         progress(f"ONNX written ({(stage / 'model.onnx').stat().st_size / 1e6:.1f} MB); checking it against "
                  f"PyTorch on {probe_volumes} phantom(s)")
-        sw = {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [], "batch_size": 2,
+        batch = batch_size or (SLICE_BATCH if kind != "3d" else 2)
+        sw = {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [], "batch_size": batch,
               "allowed_mirror_axes": [int(a) for a in mirror_axes]}
         prov = dict(provenance)
         prov["export"] = check
         manifest = make_manifest(name, version, spacing_zyx, patch_zyx, normalization, prov,
-                                 classes=classes, min_volume_mm3=min_volume_mm3, sliding_window=sw)
+                                 classes=classes, min_volume_mm3=min_volume_mm3, sliding_window=sw,
+                                 input_kind=kind, context_slices=context_slices)
         if tiling != "body_box":  # see lnrt.preprocess.BodyCropConfig
             manifest["body_crop"] = {**manifest["body_crop"], "tiling": tiling}
         write_manifest(stage, manifest)

@@ -66,7 +66,7 @@ def iter_calibration_tiles(session, volumes, per_volume: int = 6, seed: int = 0)
     preprocessed exactly as inference does, made one volume at a time as they are consumed (`volumes`
     may be a lazy iterable of (name, volume))."""
     rng = np.random.default_rng(seed)
-    patch = np.array(session.package.patch_zyx)
+    patch = np.array(session.package.input_patch_zyx)
     for _, vol in volumes:
         x = padded_input(session, vol)
         if x is None:

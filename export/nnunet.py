@@ -301,8 +301,10 @@ def manifest_fields(info: dict) -> dict:
 def _manifest_fields(info: dict) -> dict:
     plans, cfg, dataset = info["plans"], info["config"], info["dataset"]
     src = info["folder"] / "plans.json"
-    if len(cfg.get("patch_size", [])) != 3:
-        raise LnrtError(f"{src}: configuration {info['configuration']!r} is not 3D; lnrt runs 3D models")
+    dims = len(cfg.get("patch_size", []))
+    if dims not in (2, 3) or len(cfg.get("spacing", [])) != dims:
+        raise LnrtError(f"{src}: configuration {info['configuration']!r} has a patch of {dims} axes; lnrt runs "
+                        "3D and 2D nnU-Net configurations")
     channels = dataset.get("channel_names", dataset.get("modality", {}))
     if len(channels) != 1:
         raise LnrtError(f"{info['folder'] / 'dataset.json'}: {len(channels)} input channels; lnrt "
@@ -317,10 +319,16 @@ def _manifest_fields(info: dict) -> dict:
     if any(isinstance(v, (list, tuple)) for v in labels.values()):
         raise LnrtError(f"{info['folder'] / 'dataset.json'}: region-based labels are not supported")
     classes = [name for name, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
-    spacing_t, patch_t = cfg["spacing"], cfg["patch_size"]
-    mirror = info["checkpoints"][0].get("inference_allowed_mirroring_axes") or []
+    spacing_t, patch_t = list(cfg["spacing"]), list(cfg["patch_size"])
+    mirror = [int(a) for a in info["checkpoints"][0].get("inference_allowed_mirroring_axes") or []]
+    if dims == 2:  # nnU-Net runs 2d models slice by slice along the transposed first axis, not resampled
+        if fwd[0] != 0:
+            raise LnrtError(f"{src}: transpose_forward {fwd} slices a 2d configuration along axis {fwd[0]}; lnrt "
+                            "runs 2d models on axial slices (transpose_forward starting with 0)")
+        spacing_t, patch_t, mirror = [None] + spacing_t, [1] + patch_t, [a + 1 for a in mirror]
     return {
-        "spacing_zyx": [float(spacing_t[a]) for a in back],
+        "input_kind": "3d" if dims == 3 else "2d",
+        "spacing_zyx": [None if spacing_t[a] is None else float(spacing_t[a]) for a in back],
         "patch_zyx": [int(patch_t[a]) for a in back],
         "transpose": fwd,
         "normalization": {"scheme": "ct_zscore",
@@ -338,7 +346,8 @@ def _check_fields_early(info: dict, fields: dict, name, version: str) -> None:
     from lnrt.package import check_manifest, make_manifest
 
     provisional = make_manifest(name or "nnunet", version, fields["spacing_zyx"], fields["patch_zyx"],
-                                fields["normalization"], {}, classes=fields["classes"])
+                                fields["normalization"], {}, classes=fields["classes"],
+                                input_kind=fields["input_kind"])
     check_manifest(provisional, f"{info['folder'] / 'plans.json'}, as the manifest would hold it", files=False)
 
 
@@ -386,7 +395,7 @@ def import_nnunet(folder, out, configuration: str | None = None, folds=None,
         module, out, name=name or f"nnunet-{info['plans'].get('dataset_name', 'model')}-{info['configuration']}",
         version=version, spacing_zyx=fields["spacing_zyx"], patch_zyx=fields["patch_zyx"],
         normalization=fields["normalization"], classes=fields["classes"], provenance=provenance,
-        transpose=fields["transpose"], mirror_axes=fields["mirror_axes"],
+        transpose=fields["transpose"], mirror_axes=fields["mirror_axes"], input_kind=fields["input_kind"],
         tiling=package_kwargs.pop("tiling", "whole_scan" if _has_instance_norm(arch) else "body_box"),
         **package_kwargs)
 

@@ -91,7 +91,7 @@ def build_engine(package, variant: str = "fp16", max_batch: int = 4, opt_batch: 
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     inp = network.get_input(0)
     channels = int(pkg.manifest["input"].get("channels", 1))
-    patch = pkg.patch_zyx
+    patch = pkg.input_patch_zyx  # a 2.5D model also takes its context slices
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, (1, channels, *patch), (opt_batch, channels, *patch),
                       (max_batch, channels, *patch))

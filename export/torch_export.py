@@ -118,6 +118,26 @@ def first_output(module, forward_axes=(0, 1, 2)):
     return FirstOutput(module.eval()).eval()
 
 
+def slice_module(module):
+    """A 2D module (B, C, y, x) -> (B, K, y, x) as lnrt's slice-model contract: (B, 1, C, y, x) ->
+    (B, K, 1, y, x), C = 1 + 2 * context slices. Every lnrt component then sees a rank-5 model (the
+    backends, the gates, calibration, TensorRT profiles): the tile's slab is the channel axis, and the
+    reshape is free in every backend (contiguous, no copy)."""
+    torch = _torch()
+
+    class Slices(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            y = self.inner(x.flatten(1, 2))
+            y = y[0] if isinstance(y, (list, tuple)) else y
+            return y.unsqueeze(2)
+
+    return Slices(module.eval()).eval()
+
+
 def simplify(model):
     """onnxslim when installed; returns (model, tool name or None)."""
     try:

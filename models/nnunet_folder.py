@@ -34,24 +34,28 @@ PROPS = {"max": 1800.0, "mean": 60.0, "median": 55.0, "min": -1000.0, "percentil
          "percentile_99_5": 500.0, "std": 120.0}
 
 
-def plans(transpose=(0, 1, 2), shape: Shape = SMALL) -> dict:
+def plans(transpose=(0, 1, 2), shape: Shape = SMALL, configuration: str = "3d_fullres") -> dict:
+    """plans.json with one configuration: "3d_fullres" or "3d_lowres" (3D, the shape's spacing and
+    patch), or "2d" (the shape's in-plane spacing and patch; nnU-Net slices along the transposed first
+    axis, so `transpose` must keep axis 0 first for lnrt)."""
     back = [list(transpose).index(a) for a in range(3)]
     n, spacing, patch = len(shape.features), list(shape.spacing), list(shape.patch)
+    d = 2 if configuration == "2d" else 3
     arch = {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
         "arch_kwargs": {
-            "n_stages": n, "features_per_stage": list(shape.features), "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * n, "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+            "n_stages": n, "features_per_stage": list(shape.features), "conv_op": f"torch.nn.modules.conv.Conv{d}d",
+            "kernel_sizes": [[3] * d] * n, "strides": [[1] * d] + [[2] * d] * (n - 1),
             "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{d}d",
             "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
     }
     cfg = {
-        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": 2, "patch_size": [patch[a] for a in transpose],
-        "median_image_size_in_voxels": [64, 128, 128], "spacing": [spacing[a] for a in transpose],
+        "data_identifier": f"nnUNetPlans_{configuration}", "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2, "patch_size": [patch[a] for a in transpose][3 - d:],
+        "median_image_size_in_voxels": [64, 128, 128][3 - d:], "spacing": [spacing[a] for a in transpose][3 - d:],
         "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
@@ -66,7 +70,7 @@ def plans(transpose=(0, 1, 2), shape: Shape = SMALL) -> dict:
             "original_median_spacing_after_transp": [spacing[a] for a in transpose],
             "original_median_shape_after_transp": [64, 128, 128], "image_reader_writer": "SimpleITKIO",
             "transpose_forward": list(transpose), "transpose_backward": back,
-            "configurations": {"3d_fullres": cfg}, "experiment_planner_used": "ExperimentPlanner",
+            "configurations": {configuration: cfg}, "experiment_planner_used": "ExperimentPlanner",
             "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {"0": PROPS}}
 
 
@@ -87,8 +91,9 @@ def _margin(net, x: np.ndarray) -> np.ndarray:
 def _calibrate_head(net, probe: np.ndarray, transpose, patch, foreground: float) -> None:
     import torch
 
-    x = np.transpose(_normalized(probe), transpose)[tuple(slice(0, s) for s in patch)]
-    d = _margin(net, x)
+    x = np.transpose(_normalized(probe), transpose)
+    x = x[len(x) // 2] if len(patch) == 2 else x  # a 2d model: the middle slice
+    d = _margin(net, x[tuple(slice(0, s) for s in patch)])
     with torch.no_grad():
         net.decoder.seg_layers[-1].bias[1] -= float(np.quantile(d, 1.0 - foreground))
 
@@ -99,7 +104,7 @@ def dataset() -> dict:
 
 
 def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None,
-                shape: Shape = SMALL, foreground: float = 1 / 3) -> Path:
+                shape: Shape = SMALL, foreground: float = 1 / 3, configuration: str = "3d_fullres") -> Path:
     """Write the folder; `probe` ((z, y, x) HU array, at least a patch) calibrates the head bias so that
     the share `foreground` of its first patch is foreground."""
     import torch
@@ -108,20 +113,22 @@ def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, prob
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    p = plans(transpose, shape)
+    p = plans(transpose, shape, configuration)
     (root / "plans.json").write_text(json.dumps(p, indent=1))
     (root / "dataset.json").write_text(json.dumps(dataset(), indent=1))
-    kw = dict(p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"])
-    kw.update(conv_op=nn.Conv3d, norm_op=nn.InstanceNorm3d, dropout_op=None, nonlin=nn.LeakyReLU)
-    patch = p["configurations"]["3d_fullres"]["patch_size"]
+    kw = dict(p["configurations"][configuration]["architecture"]["arch_kwargs"])
+    two = configuration == "2d"
+    kw.update(conv_op=nn.Conv2d if two else nn.Conv3d, norm_op=nn.InstanceNorm2d if two else nn.InstanceNorm3d,
+              dropout_op=None, nonlin=nn.LeakyReLU)
+    patch = p["configurations"][configuration]["patch_size"]
     for i, f in enumerate(folds):
         torch.manual_seed(seed + i)
         net = PlainConvUNet(input_channels=1, num_classes=2, deep_supervision=False, **kw).eval()
         if probe is not None:
             _calibrate_head(net, probe, transpose, patch, foreground)
         ckpt = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"plans": p, "configuration": "3d_fullres", "fold": f, "dataset_json": dataset()},
-                "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1000,
+                "init_args": {"plans": p, "configuration": configuration, "fold": f, "dataset_json": dataset()},
+                "inference_allowed_mirroring_axes": (0, 1) if two else (0, 1, 2), "current_epoch": 1000,
                 "logging": {"train_losses": [np.float64(0.5)]}, "optimizer_state": {},
                 "grad_scaler_state": None, "_best_ema": np.float64(0.1)}
         (root / f"fold_{f}").mkdir(exist_ok=True)

@@ -587,6 +587,23 @@ def _report_variants(root) -> None:
                        f"max short-axis difference {line['short_axis_max_diff_mm']:.2f} mm")
 
 
+class _Spacing(click.ParamType):
+    """A spacing in mm, or `scan`: the scan's own spacing on that axis (None in the manifest)."""
+
+    name = "mm|scan"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "scan":
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a spacing in mm or 'scan'", param, ctx)
+
+
+SPACING = _Spacing()
+
+
 @cli.group()
 def export():
     """Make lnrt model packages: from PyTorch, from nnU-Net v2, and precision variants."""
@@ -599,8 +616,15 @@ def export():
 @click.option("--kwargs", "kwargs_json", default="{}", help="JSON keyword arguments for the class.")
 @click.option("--weights", type=click.Path(exists=True), required=True,
               help="State dict (.pt, loaded with weights_only=True) or .safetensors.")
-@click.option("--spacing", nargs=3, type=float, required=True, help="Model spacing z y x in mm.")
-@click.option("--patch", nargs=3, type=int, required=True, help="Patch size z y x in voxels.")
+@click.option("--spacing", nargs=3, type=SPACING, required=True,
+              help="Model spacing z y x in mm; `scan` on an axis keeps the scan's spacing (slice models).")
+@click.option("--patch", nargs=3, type=int, required=True, help="Patch size z y x in voxels (1 Y X for slice models).")
+@click.option("--input-kind", type=click.Choice(["3d", "2d", "2.5d"]), default="3d", show_default=True,
+              help="A volume model, or a slice model run along the axial axis.")
+@click.option("--context-slices", type=click.IntRange(0, 32), default=0, show_default=True,
+              help="2.5d: slices above and below the target slice (the model takes 2K+1 channels).")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=None,
+              help="Tiles per network call (default 2; 16 slices for slice models).")
 @click.option("--window", nargs=2, type=float, default=None, help="Normalization: HU window lo hi -> [0, 1].")
 @click.option("--zscore", nargs=4, type=float, default=None,
               help="Normalization: clip lo hi, then (x - mean) / std: LO HI MEAN STD.")
@@ -611,8 +635,9 @@ def export():
 @click.option("--intended-use", default="research; not validated for clinical use", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @with_export
-def export_torch(out, class_path, kwargs_json, weights, spacing, patch, window, zscore, classes, name,
-                 pkg_version, trained_on, intended_use, overwrite, variants, calib, keep, force, threads):
+def export_torch(out, class_path, kwargs_json, weights, spacing, patch, input_kind, context_slices, batch_size,
+                 window, zscore, classes, name, pkg_version, trained_on, intended_use, overwrite, variants, calib,
+                 keep, force, threads):
     """Export a PyTorch module with its weights to an lnrt package OUT."""
     te, builder = _export_module("torch_export"), _export_module("builder")
     if (window is None) == (zscore is None):
@@ -629,7 +654,8 @@ def export_torch(out, class_path, kwargs_json, weights, spacing, patch, window, 
     path = builder.build_package(module, out, name=name, version=pkg_version, spacing_zyx=spacing,
                                  patch_zyx=patch, normalization=norm, classes=classes.split(","),
                                  provenance=prov, variants=_variants(variants), calib=calib, keep=keep,
-                                 force=force, overwrite=overwrite, threads=threads)
+                                 force=force, overwrite=overwrite, threads=threads, input_kind=input_kind,
+                                 context_slices=context_slices, batch_size=batch_size)
     _report_variants(path)
     click.echo(f"wrote {path}")
 

@@ -66,12 +66,16 @@ def tile_parity(ref, got_backend, tiles: list) -> dict:
 
 
 def padded_input(session, vol) -> np.ndarray | None:
-    """The network's normalized model-grid input for `vol`, edge-padded to at least one patch."""
+    """The network's normalized model-grid input for `vol`, edge-padded to at least one input patch. A
+    2.5D model's context slices are edge-padded above and below first, as the sliding window does, so a
+    tile of `input_patch_zyx` cut at z0 is the network's input for output slice z0."""
     prep = session.prepare(vol)
     if prep.image is None:
         return None
-    x = prep.image
-    pad = [(0, max(0, p - s)) for p, s in zip(session.package.patch_zyx, x.shape)]
+    x, c = prep.image, session.package.context_slices
+    if c:
+        x = np.pad(x, [(c, c), (0, 0), (0, 0)], mode="edge")
+    pad = [(0, max(0, p - s)) for p, s in zip(session.package.input_patch_zyx, x.shape)]
     return np.pad(x, pad, mode="edge") if any(p[1] for p in pad) else x
 
 
@@ -79,7 +83,7 @@ def _tiles(session, vol, n: int = 2) -> list:
     x = padded_input(session, vol)
     if x is None:
         return []
-    patch = session.package.patch_zyx
+    patch = session.package.input_patch_zyx
     out = []
     for k in range(n):  # tiles spread along the main diagonal of the body box
         frac = (k + 1) / (n + 1)

@@ -21,7 +21,7 @@ def _plain(value):
 class RunConfig:
     """Everything a run of one scan depends on besides the network and the scan itself."""
 
-    spacing_zyx: tuple  # the model's grid spacing (mm)
+    spacing_zyx: tuple  # the model's grid spacing (mm); None on an axis kept at the scan's spacing
     classes: tuple  # class names, background first
     normalization: tuple  # the manifest's recipe as sorted (key, value) pairs (frozen)
     activation: str  # "softmax" or "sigmoid"
@@ -44,6 +44,7 @@ class RunConfig:
             sigma_scale=sw.get("sigma_scale", 0.125),
             batch_size=batch_size or sw.get("batch_size", 2),
             mirror_axes=tuple(sw.get("mirror_axes", ()) if mirror_axes is None else mirror_axes),
+            context=pkg.context_slices,
         )
         return cls(
             spacing_zyx=pkg.spacing_zyx, classes=tuple(pkg.classes),
@@ -72,7 +73,9 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """The report's settings that come from the configuration (the run adds grid, box and rules)."""
-        return {"sliding_window": {k: _plain(getattr(self.window, k)) for k in self.window.__dataclass_fields__},
+        window = {k: _plain(getattr(self.window, k)) for k in self.window.__dataclass_fields__
+                  if k != "context" or self.window.context}  # a 3D model's settings stay as they were
+        return {"sliding_window": window,
                 "min_volume_mm3": self.min_volume_mm3, "connectivity": self.connectivity}
 
 

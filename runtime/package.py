@@ -48,6 +48,10 @@ FORMAT = "lnrt.package/1"
 MANIFEST = "lnrt.json"
 MANIFEST_HASH = "lnrt.json.sha256"
 TILINGS = ("body_box", "whole_scan")  # body_crop.tiling (lnrt.preprocess.BodyCropConfig)
+# input.kind: a volume model, or a slice model run along the canonical axial axis (lnrt.slices)
+INPUT_KINDS = ("3d", "2d", "2.5d")
+# input.context_slices of a 2.5d model: SNet's is 7 (15 slices in all); 32 each side is a 65-slice slab
+MAX_CONTEXT_SLICES = 32
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 NORMALIZATIONS = ("ct_zscore", "window")
 
@@ -305,11 +309,28 @@ def _check_input(s: _Schema, m):
     if "channels" in inp and (not _is_int(inp["channels"]) or inp["channels"] != 1):
         s.fail("input.channels", inp["channels"], "1 (lnrt runs single-channel CT models)")
     s.text(inp, "orientation", "input.orientation", choices=("LPS",))
-    s.seq(inp, "spacing_zyx_mm", "input.spacing_zyx_mm", 3, True, lambda x: _is_num(x) and 0.05 <= x <= 20,
-          "three finite spacings in [0.05, 20] mm")
-    patch = s.seq(inp, "patch_size_zyx", "input.patch_size_zyx", 3, True,
-                  lambda x: _is_int(x) and 8 <= x <= 1024, "three integers in [8, 1024]")
-    voxels = math.prod(patch)
+    kind = s.text(inp, "kind", "input.kind", choices=INPUT_KINDS) or "3d"
+    if kind == "2.5d":
+        s.num(inp, "context_slices", "input.context_slices", 1, MAX_CONTEXT_SLICES, integer=True, required=True,
+              expected=f"the slices above and below the target slice, an integer in [1, {MAX_CONTEXT_SLICES}]")
+    elif inp.get("context_slices", 0) != 0:
+        s.fail("input.context_slices", inp["context_slices"], f"0 or absent for a {kind} model (context "
+               "slices are for input.kind 2.5d)")
+    slices = kind != "3d"
+    s.seq(inp, "spacing_zyx_mm", "input.spacing_zyx_mm", 3, True,
+          lambda x: (_is_num(x) and 0.05 <= x <= 20) or (slices and x is None),
+          "three finite spacings in [0.05, 20] mm" + (" or null (the scan's own spacing on that axis)"
+                                                      if slices else ""))
+    if slices:
+        patch = s.seq(inp, "patch_size_zyx", "input.patch_size_zyx", 3, True,
+                      lambda x: _is_int(x) and 1 <= x <= 1024, "[1, y, x]: one slice, in-plane sizes in [8, 1024]")
+        if patch[0] != 1 or min(patch[1:]) < 8:
+            s.fail("input.patch_size_zyx", patch, f"[1, y, x] for a {kind} model: one slice, in-plane sizes "
+                   "in [8, 1024]")
+    else:
+        patch = s.seq(inp, "patch_size_zyx", "input.patch_size_zyx", 3, True,
+                      lambda x: _is_int(x) and 8 <= x <= 1024, "three integers in [8, 1024]")
+    voxels = math.prod(patch) * (1 + 2 * inp.get("context_slices", 0))
     if voxels > MAX_PATCH_VOXELS:
         s.fail("input.patch_size_zyx", patch, f"at most {MAX_PATCH_VOXELS} voxels in a patch (256^3); "
                f"this one has {voxels}")
@@ -597,10 +618,10 @@ class ModelPackage:
             io = io_shapes_of(f)
         except (ProtoError, OSError, ValueError) as exc:
             raise LnrtError(f"{f}: not a readable ONNX model ({exc}); expected the model the manifest lists") from None
-        want_in = [None, 1, *self.patch_zyx]
+        want_in = [None, 1, *self.input_patch_zyx]
         want_out = [None, len(self.classes), *self.patch_zyx]
         src = self.path / MANIFEST
-        for what, entries, want, keys in (("input", io["inputs"], want_in, "input.patch_size_zyx"),
+        for what, entries, want, keys in (("input", io["inputs"], want_in, "input.patch_size_zyx and input.context_slices"),
                                           ("output", io["outputs"][:1], want_out, "classes and input.patch_size_zyx")):
             if what == "input" and len(entries) != 1:
                 raise LnrtError(f"{f}: the model has {len(entries)} inputs; expected one (batch, 1, z, y, x)")
@@ -639,7 +660,22 @@ class ModelPackage:
 
     @property
     def spacing_zyx(self) -> tuple:
-        return tuple(float(s) for s in self.manifest["input"]["spacing_zyx_mm"])
+        """The model grid's spacing; None on an axis a slice model takes at the scan's own spacing."""
+        return tuple(None if s is None else float(s) for s in self.manifest["input"]["spacing_zyx_mm"])
+
+    @property
+    def input_kind(self) -> str:
+        return self.manifest["input"].get("kind", "3d")
+
+    @property
+    def context_slices(self) -> int:
+        return int(self.manifest["input"].get("context_slices", 0))
+
+    @property
+    def input_patch_zyx(self) -> tuple:
+        """The network input's patch: the output patch plus the context slices above and below."""
+        pz, py, px = self.patch_zyx
+        return (pz + 2 * self.context_slices, py, px)
 
     @property
     def patch_zyx(self) -> tuple:
@@ -682,12 +718,17 @@ class ModelPackage:
 
 def make_manifest(name: str, version: str, spacing_zyx, patch_zyx, normalization: dict, provenance: dict,
                   classes=("background", "lymph_node"), min_volume_mm3: float = 10.0,
-                  sliding_window: dict | None = None, postprocessing: dict | None = None) -> dict:
-    """A manifest with lnrt's defaults for everything a model does not set (file hashes filled later)."""
+                  sliding_window: dict | None = None, postprocessing: dict | None = None,
+                  input_kind: str = "3d", context_slices: int = 0) -> dict:
+    """A manifest with lnrt's defaults for everything a model does not set (file hashes filled later).
+    A spacing of None (slice models only) keeps the scan's own spacing on that axis."""
+    inp = {"name": "image", "spacing_zyx_mm": [None if s is None else float(s) for s in spacing_zyx],
+           "patch_size_zyx": [int(p) for p in patch_zyx], "channels": 1, "orientation": "LPS"}
+    if input_kind != "3d":  # 3d manifests stay as they were
+        inp = {**inp, "kind": input_kind, **({"context_slices": int(context_slices)} if context_slices else {})}
     return {
         "format": FORMAT, "name": name, "version": version,
-        "input": {"name": "image", "spacing_zyx_mm": [float(s) for s in spacing_zyx],
-                  "patch_size_zyx": [int(p) for p in patch_zyx], "channels": 1, "orientation": "LPS"},
+        "input": inp,
         "normalization": normalization,
         "classes": list(classes),
         "output": {"name": "logits", "activation": "softmax"},

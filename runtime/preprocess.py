@@ -31,9 +31,12 @@ class Grid:
 
 
 def model_grid(native: Grid, target_spacing: tuple) -> Grid:
-    """The model-spacing grid over the same extent as `native` (spacing adjusted to fit exactly)."""
+    """The model-spacing grid over the same extent as `native` (spacing adjusted to fit exactly). A
+    target of None on an axis keeps the native spacing there (a slice model that is not resampled across
+    slices: nnU-Net's 2d configurations)."""
+    target = [n if t is None else t for t, n in zip(target_spacing, native.spacing)]
     extent = np.array(native.shape) * np.array(native.spacing)
-    shape = np.maximum(1, np.round(extent / np.array(target_spacing)).astype(int))
+    shape = np.maximum(1, np.round(extent / np.array(target)).astype(int))
     spacing = extent / shape
     origin = np.array(native.origin) - 0.5 * np.array(native.spacing) + 0.5 * spacing
     return Grid(tuple(int(s) for s in shape), tuple(float(s) for s in spacing),

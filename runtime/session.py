@@ -223,7 +223,8 @@ class Session:
         """Upper estimate of a run's peak memory: the decoded scan (`itemsize` bytes a voxel, from the
         header), 20 bytes a native voxel of working copies, plus the model-grid buffers."""
         native = float(np.prod(shape_zyx))
-        ratio = float(np.prod(np.asarray(spacing_zyx) / np.asarray(self.package.spacing_zyx)))
+        model = [s if m is None else m for s, m in zip(spacing_zyx, self.package.spacing_zyx)]
+        ratio = float(np.prod(np.asarray(spacing_zyx, dtype=float) / np.asarray(model, dtype=float)))
         k = len(self.package.classes)
         return ((20.0 + itemsize) * native + (12.0 + 8.0 * k) * native * ratio) / 1e9 + 0.3
 

@@ -6,6 +6,15 @@ a step of at most `patch * (1 - overlap)`. Each tile's logits are weighted by a 
 accumulated, and divided by the summed weights. Volumes smaller than a patch are padded and cropped
 back. Tiles that hold no voxel of the optional `mask` are not run; the voxels no tile covered are
 reported in `covered` so the caller can decide what they are (background).
+
+Slice models (2D, 2.5D; `lnrt.slices`) are the same window with a patch of one slice: every slice is a
+tile row (a step of 1 along z), in-plane tiles overlap as in 3D, and the Gaussian is flat along z. A
+2.5D model also sees `context` slices above and below the tile: its input tile is the output tile grown
+by `context` along z. At the first and last slices the missing neighbours *replicate* the edge slice
+(the scan is padded along z in "edge" mode). Replicating, not padding with air, because a slab of air
+above the top slice would show the model a body surface where the scan goes on: a model trained on
+slices with real neighbours has never seen that, and the nodes it would cut are the ones at the edge of
+the field of view (nnU-Net's 2D models see no context, so nothing is padded for them).
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ class SlidingWindowConfig:
     batch_size: int = 2  # tiles per predictor call
     mirror_axes: tuple = ()  # spatial axes (0 = z, 1 = y, 2 = x) to mirror for test-time augmentation
     pad_value: float | None = None  # None: the image minimum
+    context: int = 0  # slices above and below each tile the network also sees (2.5D models), edge-replicated
 
     def __post_init__(self):
         if len(self.patch) != 3 or min(self.patch) < 1:
@@ -36,6 +46,14 @@ class SlidingWindowConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if any(a not in (0, 1, 2) for a in self.mirror_axes):
             raise ValueError(f"mirror_axes must be among 0, 1, 2, got {self.mirror_axes}")
+        if self.context < 0 or (self.context and self.patch[0] != 1):
+            raise ValueError(f"context slices need a one-slice patch and a count >= 0, got {self.context} "
+                             f"for patch {self.patch}")
+
+    @property
+    def input_patch(self) -> tuple:
+        """The network input's patch: the tile plus the context slices above and below."""
+        return (self.patch[0] + 2 * self.context, *self.patch[1:])
 
 
 def tile_starts(size: int, patch: int, overlap: float) -> list:
@@ -97,7 +115,7 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
     """Run `predict` over tiles of `image` ((C, z, y, x) or (z, y, x)), arrays of the namespace `xp`
     (NumPy, or CuPy: tiles, weights and sums then stay on the GPU).
 
-    `predict` maps a float32 batch (B, C, pz, py, px) to logits (B, K, pz, py, px).
+    `predict` maps a float32 batch (B, C, pz + 2 * context, py, px) to logits (B, K, pz, py, px).
     Returns (logits (K, z, y, x) float32, covered (z, y, x) bool).
     """
     if image.ndim == 3:
@@ -117,6 +135,9 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
     todo = tiles(padded_shape, cfg)
     if mask is not None:
         todo = [t for t in todo if bool(mask[t].any())]
+    c = cfg.context
+    if c:  # padded index z + c is slice z: the input tile of output tile t starts at t's own start
+        image = xp.pad(image, [(0, 0), (c, c), (0, 0), (0, 0)], mode="edge")
     weight = xp.asarray(gaussian_importance(cfg.patch, cfg.sigma_scale))
     acc = None
     wsum = xp.zeros(padded_shape, dtype=np.float32)
@@ -124,7 +145,8 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
     if progress:
         progress(0, len(todo))
     for group in _batches(todo, cfg.batch_size):
-        batch = xp.stack([image[(slice(None),) + t] for t in group]).astype(np.float32, copy=False)
+        batch = xp.stack([image[(slice(None), slice(t[0].start, t[0].stop + 2 * c)) + t[1:]]
+                          for t in group]).astype(np.float32, copy=False)
         logits = _predict_tta(predict, batch, cfg.mirror_axes, xp)
         if logits.shape[0] != len(group) or logits.shape[2:] != tuple(cfg.patch):
             raise ValueError(f"predictor returned {logits.shape} for a batch of {batch.shape}")
