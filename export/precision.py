@@ -14,7 +14,11 @@ TensorRT 11 is strongly typed only, so precision must live in the ONNX file itse
   grow with the calibration set (ONNX Runtime's percentile calibrator keeps every tile's activations).
   Q/DQ pairs sit only on the inputs of the weighted layers (Conv, ConvTranspose,
   Gemm, MatMul): the placement the TensorRT developer guide recommends for explicit quantization
-  ("Q/DQ layer placement": quantize the inputs of weighted operations, not their outputs). The file
+  ("Q/DQ layer placement": quantize the inputs of weighted operations, not their outputs). A MatMul of
+  two activations (self-attention's Q K^T and attention V, `lnrt.models.attention`) gets a calibrated
+  per-tensor pair on both inputs, its softmax probabilities included (symmetric, so [0, t] with t <= 1
+  gets 127 steps); MatMul weights are per channel on the output axis where ONNX Runtime supports it,
+  per tensor elsewhere (`matmul_weight_overrides`). The file
   loads on ONNX Runtime, OpenVINO and TensorRT 10/11, but a backend's int8 kernels may not compute it
   as the specification says (OpenVINO on an AVX2 CPU without VNNI does not), which is why
   `lnrt.export.variants` gates each variant on every installed backend.
@@ -68,10 +72,12 @@ def _float_types(model) -> dict:
 
 
 def to_fp16(model, keep: Iterable[str] = ()):
-    """A float16 copy of `model` (an onnx.ModelProto); float32 inputs and outputs kept."""
+    """A float16 copy of `model` (an onnx.ModelProto, left unchanged); float32 inputs and outputs kept."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
+    src, model = model, onnx.ModelProto()
+    model.CopyFrom(src)  # the caller's model stays float32 (it used to be converted in place)
     keep = set(keep)
     F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
     types = _float_types(model)
@@ -258,13 +264,38 @@ def calibrated_tensors(model, op_types=None, outputs: bool = False) -> list:
     return out
 
 
+def matmul_weight_overrides(model) -> dict:
+    """ONNX Runtime quantizer overrides (`TensorQuantOverrides`) for the MatMul weights whose per-channel
+    axis its default gets wrong. The quantizer quantizes every initializer input of a MatMul per channel
+    along axis 1, the output axis only for a 2-D right-hand weight B (K, N), as nn.Linear exports. For a
+    left-hand weight A (M, K) axis 1 is the reduction axis K; for a B of rank 3 or more it is a batch or
+    the reduction axis, and ONNX Runtime refuses the file at run time ("b zero point is not valid"). Its
+    fused int8 MatMul takes no per-column scales for a batched B either (onnxruntime 1.32), so A and B
+    weights of a rank other than 2 are quantized per tensor (symmetric). 2-D B weights get no override and
+    their files stay as they were. Activation inputs (attention's Q K^T and attention V) need none: they
+    get per-tensor Q/DQ with their calibrated ranges like every other activation."""
+    inits = {i.name: len(i.dims) for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        for pos, name in enumerate(node.input[:2]):
+            rank = inits.get(name)
+            if rank is None:
+                continue
+            if pos == 0 or rank != 2:
+                out[name] = [{"symmetric": True}]
+    return out
+
+
 def calibration_ranges(model, tiles: Iterable, method: str = "percentile", threads: int | None = None,
                        progress=None, outputs: bool = False) -> dict:
-    """{tensor: (low, high)} over `tiles` (an iterable of (1, C, z, y, x) float32 arrays), one tile at
-    a time: the tiles are consumed lazily and each tile's activations are reduced to its histogram and
-    dropped before the next tile runs, so peak memory is one tile's activations whatever the number of
-    tiles. "minmax" gives the exact (min, max); "percentile" the symmetric range (-t, t) with t the
-    `PERCENTILE` of |x| (`AbsHistogram`). `progress(i)` is called after tile i (1-based)."""
+    """{tensor: (low, high)} over `tiles` (an iterable of (1, C, z, y, x) float32 arrays, or (1, C, y, x)
+    for a slice model), one tile at a time: the tiles are consumed lazily and each tile's activations
+    are reduced to its histogram and dropped before the next tile runs, so peak memory is one tile's
+    activations whatever the number of tiles. "minmax" gives the exact (min, max); "percentile" the
+    symmetric range (-t, t) with t the `PERCENTILE` of |x| (`AbsHistogram`). `progress(i)` is called
+    after tile i (1-based)."""
     onnx = _onnx()
     import onnxruntime as ort
 
@@ -304,8 +335,8 @@ def calibration_ranges(model, tiles: Iterable, method: str = "percentile", threa
 
 def to_int8(model, tiles: Iterable, keep: Iterable[str] = (), keep_input_layer: bool = True,
             method: str = "percentile", threads: int | None = None, progress=None):
-    """An INT8 Q/DQ copy of `model` calibrated on `tiles` (an iterable of (1, C, z, y, x) float32,
-    consumed one at a time: see `calibration_ranges`).
+    """An INT8 Q/DQ copy of `model` calibrated on `tiles` (an iterable of (1, C, z, y, x) float32, or
+    (1, C, y, x) for a slice model, consumed one at a time: see `calibration_ranges`).
 
     The input layer stays in float32 by default: int8 over a 600 HU window is a 4.7 HU step (9.4 HU
     with a symmetric range over a non-negative input), coarser than the 20-40 HU contrast between a
@@ -318,7 +349,13 @@ def to_int8(model, tiles: Iterable, keep: Iterable[str] = (), keep_input_layer: 
     whose symmetric range is spent largely on negative values that LeakyReLU then shrinks 100-fold,
     and the outputs of weighted layers, the logits among them. On
     default model 1.1 that default failed the parity gate (matched short axes off by up to 0.99 mm,
-    Dice 0.984); weighted-input placement passes it (0.24 mm, Dice 0.991) with half the Q/DQ pairs."""
+    Dice 0.984); weighted-input placement passes it (0.24 mm, Dice 0.991) with half the Q/DQ pairs.
+
+    Attention MatMuls have no weight: both inputs are activations with calibrated ranges, so both get
+    Q/DQ (`calibrated_tensors` already lists both; "MatMulConstBOnly" is set off explicitly). On a
+    random-weight `SNet25D` leaving its four attention MatMuls in float32 changes the INT8-vs-FP32 tile
+    Dice only from 0.913 to 0.912 on the phantom crops of tests/test_attention.py: the convolutions
+    dominate the error."""
     onnx = _onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
@@ -332,8 +369,13 @@ def to_int8(model, tiles: Iterable, keep: Iterable[str] = (), keep_input_layer: 
                         f"{onnxruntime.__version__}: pip install 'onnxruntime>=1.32'")
     ranges = calibration_ranges(model, tiles, method, threads, progress)
     keep = list(keep) + (input_layers(model) if keep_input_layer else [])
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
+    # MatMulConstBOnly off (its default for static quantization, stated here): a MatMul of two
+    # activations (attention's Q K^T and attention V) gets a Q/DQ pair on both inputs
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": False,
              "OpTypesToExcludeOutputQuantization": WEIGHTED_OPS}
+    overrides = matmul_weight_overrides(model)
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
     cal = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax
     data = TensorsData(cal, {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
                              for t, (lo, hi) in ranges.items()})
