@@ -12,6 +12,12 @@ that are brighter than their surroundings (fat), using only convolutions with fi
 
 It is NOT a lymph-node model: on real CT it also marks other compact soft tissue. Build with
 `python -m lnrt.models.placeholder OUT_DIR` (needs the `onnx` package: `pip install 'lnrt[export]'`).
+
+The multi-class variant (`build_package(out, classes=CLASSES_NPE)`, for the tests of multi-class
+outputs) splits the same node logit into three node classes by density, as a stand-in for N / P / ENE
+(Chang et al.): negative below 25 HU, positive 25-55 HU, extranodal extension above 55 HU. Each class's
+logit is `node + score_c - max(scores)`, so a voxel is a node exactly where the binary model's is and
+takes the class whose density band it lies in (scores: 40 x the signed distance into each band).
 """
 from __future__ import annotations
 
@@ -26,9 +32,35 @@ PATCH = (48, 96, 96)  # z, y, x voxels at 2 x 1 x 1 mm: a 96 mm cube
 SPACING = (2.0, 1.0, 1.0)
 WINDOW = (-160.0, 240.0)
 OPSET = 17
+CLASSES_NPE = ("background", "node_n", "node_p", "node_ene")
+NPE_CUTS_HU = (25.0, 55.0)  # N below the first, P between, ENE above the second
 
 
-def build_onnx():
+def _window_x(hu: float) -> float:
+    return (hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+
+
+def _class_logits(nodes: list, const, helper) -> list:
+    """Node-class logits (node_n, node_p, node_ene) from the node logit `node` and the input's density."""
+    lo, hi = (_window_x(c) for c in NPE_CUTS_HU)
+    nodes += [
+        helper.make_node("Sub", [const("cut_lo", lo), "image"], ["d_n"]),
+        helper.make_node("Sub", ["image", "cut_lo"], ["d_p_lo"]),
+        helper.make_node("Sub", [const("cut_hi", hi), "image"], ["d_p_hi"]),
+        helper.make_node("Min", ["d_p_lo", "d_p_hi"], ["d_p"]),
+        helper.make_node("Sub", ["image", "cut_hi"], ["d_e"]),
+        helper.make_node("Max", ["d_n", "d_p", "d_e"], ["d_max"]),
+    ]
+    out = []
+    for name in ("n", "p", "e"):
+        nodes += [helper.make_node("Sub", [f"d_{name}", "d_max"], [f"rel_{name}"]),
+                  helper.make_node("Mul", [f"rel_{name}", const(f"gain_{name}", 40.0)], [f"score_{name}"]),
+                  helper.make_node("Add", ["node", f"score_{name}"], [f"logit_{name}"])]
+        out.append(f"logit_{name}")
+    return out
+
+
+def build_onnx(classes: tuple = ("background", "lymph_node")):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -72,10 +104,11 @@ def build_onnx():
         helper.make_node("Min", ["t_blob", "t_lo", "t_hi"], ["t_min"]),
         helper.make_node("Mul", ["t_min", const("gain", 40.0)], ["node"]),
         helper.make_node("Mul", ["node", const("zero", 0.0)], ["bg"]),
-        helper.make_node("Concat", ["bg", "node"], ["logits"], axis=1),
     ]
+    fg = ["node"] if len(classes) == 2 else _class_logits(nodes, const, helper)
+    nodes.append(helper.make_node("Concat", ["bg", *fg], ["logits"], axis=1))
     shape_in = ["batch", 1, *PATCH]
-    shape_out = ["batch", 2, *PATCH]
+    shape_out = ["batch", len(classes), *PATCH]
     graph = helper.make_graph(
         nodes, "lnrt_placeholder_blob_detector",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape_in)],
@@ -87,25 +120,26 @@ def build_onnx():
     return model
 
 
-def manifest() -> dict:
+def manifest(classes: tuple = ("background", "lymph_node")) -> dict:
+    name = "lnrt-placeholder-blob-detector" + ("" if len(classes) == 2 else f"-{len(classes)}-classes")
     return make_manifest(
-        "lnrt-placeholder-blob-detector", "0.1.0", SPACING, PATCH, {"scheme": "window", "window_hu": list(WINDOW)},
+        name, "0.1.0", SPACING, PATCH, {"scheme": "window", "window_hu": list(WINDOW)},
         {"trained_on": "nothing: fixed hand-set convolution weights (a difference-of-boxes blob detector)",
          "intended_use": "placeholder for demonstration and testing of the runtime; not a lymph-node "
                          "model and not for clinical use",
          "built_by": "python -m lnrt.models.placeholder"},
-        min_volume_mm3=20.0)
+        min_volume_mm3=20.0, classes=list(classes))
 
 
-def build_package(out_dir: str | Path) -> Path:
+def build_package(out_dir: str | Path, classes: tuple = ("background", "lymph_node")) -> Path:
     import onnx
 
     from lnrt.package import write_manifest
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_onnx(), str(out / "model.onnx"))
-    write_manifest(out, manifest())
+    onnx.save(build_onnx(classes), str(out / "model.onnx"))
+    write_manifest(out, manifest(classes))
     return out
 
 

@@ -112,9 +112,11 @@ def _echo_table(nodes: list) -> None:
     # "image": the DICOM Instance Number a PACS shows (when the input has one), "slice": the array index,
     # "at mm": the slice's position along its normal (lnrt.references)
     images = any(n.get("instance_number") is not None for n in nodes)
+    classes = any(n.get("class_fractions") for n in nodes)  # a multi-class model: the voted class too
     head = f"{'image':>6} " if images else ""
+    cls_head = f"{'class (voxel share)':<22} " if classes else ""
     click.echo(f"{'id':>4} {'short mm':>9} {'long mm':>8} {'vol mm3':>9} {head}{'slice':>6} {'at mm':>8} "
-               f"{'side':<8} {'recist':<12} centroid (x, y, z) mm")
+               f"{'side':<8} {'recist':<12} {cls_head}centroid (x, y, z) mm")
 
     def text(value, fmt=""):
         return "-" if value is None else format(value, fmt)
@@ -122,9 +124,12 @@ def _echo_table(nodes: list) -> None:
     for n in sorted(nodes, key=lambda n: -n["short_axis_mm"]):
         c = ", ".join(f"{v:.1f}" for v in n["centroid_mm"])
         image = f"{text(n.get('instance_number')):>6} " if images else ""
+        share = (n.get("class_fractions") or {}).get(n["class"])
+        cls = f"{n['class'] + ('' if share is None else f' ({share:.0%})'):<22} " if classes else ""
         click.echo(f"{n['id']:>4} {n['short_axis_mm']:>9.1f} {n['long_axis_mm']:>8.1f} "
                    f"{n['volume_mm3']:>9.0f} {image}{text(n['axis_slice']):>6} "
-                   f"{text(n.get('slice_position_mm'), '.1f'):>8} {text(n.get('side')):<8} {n['recist']:<12} ({c})")
+                   f"{text(n.get('slice_position_mm'), '.1f'):>8} {text(n.get('side')):<8} {n['recist']:<12} "
+                   f"{cls}({c})")
 
 
 def _finish(result, out, overwrite: bool, as_json: bool, quiet: bool, save: dict,
@@ -244,6 +249,14 @@ def _save_options(kw: dict) -> dict:
                                    kw.pop("device_serial"), kw.pop("institution"))}
 
 
+def _multiclass(model) -> bool:
+    """Whether the package (its manifest only, no file hashed) has more than two classes, so that the
+    pre-flight also checks the class map's name."""
+    from .package import ModelPackage
+
+    return len(ModelPackage.load(model, verify=False).classes) > 2
+
+
 def _flags(save: dict) -> tuple:
     return tuple(save[k] for k in ("viewer", "qc", "dicom_seg", "dicom_sr"))
 
@@ -307,7 +320,8 @@ def infer(scan, series_uid, no_hu_check, out, overwrite, quiet, as_json, **kw):
         raise LnrtError(f"{scan}: --series chooses a series in a DICOM folder, and this is a file; expected a "
                         "DICOM folder (or drop --series)")
     header = probe_scan(scan, series_uid)  # every check the headers allow, before the model is loaded
-    plan(out, stem_of(scan), overwrite, (scan,), header.kind == "dicom", *_flags(save), has_uids=header.has_uids)
+    plan(out, stem_of(scan), overwrite, (scan,), header.kind == "dicom", *_flags(save), has_uids=header.has_uids,
+         multiclass=_multiclass(options["model"]))
     with Session(**options) as session:
         progress = Progress(not (quiet or as_json))
         result = session.run(header, check_hu=not no_hu_check, progress=progress)

@@ -16,6 +16,13 @@ The category has no standard code we know of, so it uses the private scheme 99LN
 source image they were measured on (a Source of Measurement, INFERRED FROM the SOP Instance of the
 node's `sop_instance_uid`), so that a viewer opens the right slice.
 
+Multi-class models (more than two classes, e.g. N / P / ENE): each node's voted class is coded in the
+private scheme 99LNRT as `LNRT-C<k>` (k: the class's label value) with the manifest's class name as its
+meaning (`class_code`). In the SEG it is the Segmented Property Type Modifier of the node's segment
+(type "Lymph node" modified by the class; label "node 3 (node_p)"), in the SR a second qualitative
+evaluation of the node's group, 99LNRT LNRT-2 "Lymph node class (segmentation model)". Binary models'
+outputs carry no class, as before.
+
 No node reported: the SEG is not written (a Segmentation cannot hold zero segments), and the SR still is,
 so that a PACS can tell "analysed, no lymph node" from "not analysed": one TID 1501 measurement group
 (tracking identifier "no lymph node detected"), finding type SCT 59441001 "Lymph node", the algorithm
@@ -43,6 +50,7 @@ NO_SEGMENTS = "no lymph node was reported, and a DICOM SEG cannot hold zero segm
 NEGATIVE_EVALUATIONS = ((("SCT", "59441001", "Lymph node"), ("SCT", "272519000", "Absent")),
                         (("DCM", "111017", "CAD Processing and Findings Summary"),
                          ("DCM", "111241", "All algorithms succeeded; without findings")))
+CLASS_CONCEPT = ("LNRT-2", "Lymph node class (segmentation model)")
 RECIST_CODES = {"normal": ("LNRT-N", "Normal lymph node (short axis < 10 mm)"),
                 "pathological": ("LNRT-P", "Pathological lymph node (short axis 10 to < 15 mm)"),
                 "enlarged": ("LNRT-E", "Enlarged lymph node (short axis >= 15 mm)")}
@@ -108,6 +116,34 @@ def _uid(hd, seed: str | None, purpose: str):
     return hd.UID(derived_uid(seed, purpose)) if seed else hd.UID()
 
 
+def class_code(name: str, classes: list | None) -> tuple | None:
+    """(scheme, value, meaning) of a multi-class model's node class, or None for a binary model."""
+    names = list(classes or ())
+    if len(names) <= 2 or name not in names:
+        return None
+    return (RECIST_SCHEME, f"LNRT-C{names.index(name)}", name)
+
+
+def _coding_scheme(pydicom, what: str):
+    scheme = pydicom.Dataset()
+    scheme.CodingSchemeDesignator = RECIST_SCHEME
+    scheme.CodingSchemeName = f"lnrt local codes ({what})"
+    scheme.CodingSchemeResponsibleOrganization = "lnrt"
+    return scheme
+
+
+def _segment(hd, number: int, label: str, algorithm, uid, code: tuple | None):
+    """One segment: a lymph node, automatic; a multi-class model's class as the type's modifier."""
+    _, _, codes = _hd()
+    desc = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=label, segmented_property_category=codes.cid7150.AnatomicalStructure,
+        segmented_property_type=codes.SCT.LymphNode, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm, tracking_uid=uid, tracking_id=label)
+    if code is not None:
+        desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [_code(hd, code)]
+    return desc
+
+
 def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equipment: Equipment,
               per: str = "node", classes: list | None = None,
               uid_seed: str | None = None):
@@ -116,18 +152,16 @@ def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equip
     name, version = _algorithm(model)
     algorithm = hd.AlgorithmIdentificationSequence(name=name, family=codes.cid7162.ArtificialIntelligence,
                                                    version=version)
-    category, node_type = codes.cid7150.AnatomicalStructure, codes.SCT.LymphNode
     segments, mapping = [], {}
+    coded = len(classes or ()) > 2
     if per == "node":
         values = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.uint16)
         for number, n in enumerate(sorted(nodes, key=lambda n: n["id"]), start=1):
             uid = _uid(hd, uid_seed, f"tracking/node/{n['id']}")
             mapping[n["id"]] = (number, uid)
             values[n["id"]] = number
-            segments.append(hd.seg.SegmentDescription(
-                segment_number=number, segment_label=f"node {n['id']}", segmented_property_category=category,
-                segmented_property_type=node_type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm, tracking_uid=uid, tracking_id=f"node {n['id']}"))
+            label = f"node {n['id']}" + (f" ({n['class']})" if coded else "")
+            segments.append(_segment(hd, number, label, algorithm, uid, class_code(n["class"], classes)))
         pixels = values[labels]
     elif per == "class":
         names = classes or ["background", "lymph_node"]
@@ -138,11 +172,8 @@ def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equip
             values[n["id"]] = number_of[n["class"]]
             mapping[n["id"]] = (number_of[n["class"]], None)
         for c, number in number_of.items():
-            segments.append(hd.seg.SegmentDescription(
-                segment_number=number, segment_label=c, segmented_property_category=category,
-                segmented_property_type=node_type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm, tracking_uid=_uid(hd, uid_seed, f"tracking/class/{c}"),
-                tracking_id=c))
+            segments.append(_segment(hd, number, c, algorithm, _uid(hd, uid_seed, f"tracking/class/{c}"),
+                                     class_code(c, classes)))
         pixels = values[labels]
     else:
         raise LnrtError(f"unknown SEG layout {per!r}; expected 'node' or 'class'")
@@ -158,6 +189,8 @@ def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equip
         omit_empty_frames=True)
     if equipment.institution:
         seg.InstitutionName = equipment.institution
+    if coded:
+        seg.CodingSchemeIdentificationSequence = [_coding_scheme(_hd()[1], "lymph node classes")]
     _fix_spacing_sign(seg)
     return seg, mapping
 
@@ -175,10 +208,17 @@ def _axis_images(hd, sources_by_uid: dict, node: dict) -> list | None:
     return [hd.sr.SourceImageForMeasurement(ds.SOPClassUID, ds.SOPInstanceUID)]
 
 
-def _node_group(hd, codes, node: dict, number: int, uid, seg, source_series, sources_by_uid: dict):
-    """One node's TID 1411 volumetric group: its segment, axes (referencing their image), volume, RECIST."""
+def _node_group(hd, codes, node: dict, number: int, uid, seg, source_series, sources_by_uid: dict,
+                classes: list | None = None):
+    """One node's TID 1411 volumetric group: its segment, axes (referencing their image), volume, RECIST,
+    and a multi-class model's node class."""
     concept = hd.sr.CodedConcept(RECIST_CONCEPT[0], RECIST_SCHEME, RECIST_CONCEPT[1])
     code, meaning = RECIST_CODES[node["recist"]]
+    evaluations = [hd.sr.QualitativeEvaluation(name=concept, value=hd.sr.CodedConcept(code, RECIST_SCHEME, meaning))]
+    cls = class_code(node["class"], classes)
+    if cls is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            name=hd.sr.CodedConcept(CLASS_CONCEPT[0], RECIST_SCHEME, CLASS_CONCEPT[1]), value=_code(hd, cls)))
     images = _axis_images(hd, sources_by_uid, node)
     mm = codes.UCUM.Millimeter
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -194,8 +234,7 @@ def _node_group(hd, codes, node: dict, number: int, uid, seg, source_series, sou
                               referenced_images=images),
             hd.sr.Measurement(name=codes.SCT.Volume, value=float(node["volume_mm3"]), unit=codes.UCUM.CubicMillimeter),
         ],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            name=concept, value=hd.sr.CodedConcept(code, RECIST_SCHEME, meaning))])
+        qualitative_evaluations=evaluations)
 
 
 def _negative_group(hd, codes, sources: list, model: dict, uid_seed: str | None = None):
@@ -224,7 +263,8 @@ def build_sr(sources: list, seg, mapping: dict, nodes: list, equipment: Equipmen
     if nodes:
         source_series = hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)
         by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
-        groups = [_node_group(hd, codes, n, *mapping[n["id"]], seg, source_series, by_uid)
+        classes = (model or {}).get("classes")
+        groups = [_node_group(hd, codes, n, *mapping[n["id"]], seg, source_series, by_uid, classes)
                   for n in sorted(nodes, key=lambda n: n["id"])]
     else:
         groups = [_negative_group(hd, codes, sources, model or {}, uid_seed)]
@@ -238,11 +278,9 @@ def build_sr(sources: list, seg, mapping: dict, nodes: list, equipment: Equipmen
         institution_name=equipment.institution, is_complete=True, is_final=False, is_verified=False)
     sr.SeriesDescription = "lnrt lymph node measurements" if nodes else "lnrt lymph nodes: none detected"
     if nodes:  # the private RECIST codes are used only in a report with nodes
-        scheme = pydicom.Dataset()
-        scheme.CodingSchemeDesignator = RECIST_SCHEME
-        scheme.CodingSchemeName = "lnrt local codes (RECIST 1.1 lymph node categories)"
-        scheme.CodingSchemeResponsibleOrganization = "lnrt"
-        sr.CodingSchemeIdentificationSequence = [scheme]
+        what = "RECIST 1.1 lymph node categories" + (", lymph node classes" if class_code(
+            nodes[0]["class"], (model or {}).get("classes")) else "")
+        sr.CodingSchemeIdentificationSequence = [_coding_scheme(pydicom, what)]
     return sr
 
 

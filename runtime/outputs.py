@@ -1,8 +1,10 @@
 """The outputs of one scan (docs/ARCHITECTURE.md, "Contracts"), written all-or-nothing.
 
 `DIR/<stem>.nodes.nii.gz` (uint16 instance labels on the input's grid), `DIR/<stem>.report.json`
-and `DIR/<stem>.nodes.csv`. Existing files are not replaced unless `overwrite`; every file is written
-to a temporary name in DIR first and renamed only when all of them are complete.
+and `DIR/<stem>.nodes.csv`; for a multi-class model (more than two classes) also
+`DIR/<stem>.classes.nii.gz` (uint8: each node's voxels hold its voted class index). Existing files are
+not replaced unless `overwrite`; every file is written to a temporary name in DIR first and renamed only
+when all of them are complete.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from .errors import LnrtError
 
 SCHEMA = "lnrt.report/1"
 SUFFIXES = {"labels": ".nodes.nii.gz", "report": ".report.json", "csv": ".nodes.csv"}
-EXTRA_SUFFIXES = {"viewer_nrrd": ".nodes.seg.nrrd", "viewer_labels": ".nodes.label.txt",
+EXTRA_SUFFIXES = {"classes": ".classes.nii.gz",
+                  "viewer_nrrd": ".nodes.seg.nrrd", "viewer_labels": ".nodes.label.txt",
                   "qc_html": ".qc.html", "qc_dir": ".qc", "dicom_seg": ".seg.dcm", "dicom_sr": ".sr.dcm"}
 CSV_COLUMNS = [
     "id", "class", "volume_mm3", "voxels", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
@@ -34,11 +37,12 @@ CSV_COLUMNS = [
 
 
 def planned_extras(is_dicom: bool, viewer: bool = True, qc: bool = False, dicom_seg: bool | None = None,
-                   dicom_sr: bool = False) -> tuple:
+                   dicom_sr: bool = False, multiclass: bool = False) -> tuple:
     """The optional outputs (EXTRA_SUFFIXES keys) a save writes; a DICOM SEG is automatic for DICOM
-    input, and an SR always comes with the SEG it references."""
+    input, and an SR always comes with the SEG it references; a multi-class model's class map always."""
     seg = is_dicom if dicom_seg is None else dicom_seg
-    out = (("viewer_nrrd", "viewer_labels") if viewer else ()) + (("qc_html", "qc_dir") if qc else ())
+    out = (("classes",) if multiclass else ()) + (("viewer_nrrd", "viewer_labels") if viewer else ())
+    out += ("qc_html", "qc_dir") if qc else ()
     if seg or dicom_sr:
         out += ("dicom_seg",)
     return out + (("dicom_sr",) if dicom_sr else ())
@@ -148,12 +152,14 @@ class OutputPlan:
 
 def plan(out_dir: str | os.PathLike, stem: str, overwrite: bool = False, inputs: tuple = (),
          is_dicom: bool = False, viewer: bool = True, qc: bool = False, dicom_seg: bool | None = None,
-         dicom_sr: bool = False, has_uids: bool | None = None, contract: bool = True) -> OutputPlan:
+         dicom_sr: bool = False, has_uids: bool | None = None, contract: bool = True,
+         multiclass: bool = False) -> OutputPlan:
     """The pre-flight of a save, done once by the CLI before any work and once by `Result.save`: which
     files, whether they may be written there, whether the packages they need are installed, and
     whether the input can give what was asked (`has_uids`: the DICOM series carries the UIDs a SEG
-    references; None when not known yet)."""
-    extras = planned_extras(is_dicom, viewer, qc, dicom_seg, dicom_sr)
+    references; None when not known yet; `multiclass`: the model has more than two classes, so the class
+    map is written too)."""
+    extras = planned_extras(is_dicom, viewer, qc, dicom_seg, dicom_sr, multiclass and contract)
     source = inputs[0] if inputs else stem
     if "dicom_seg" in extras and not is_dicom:
         raise LnrtError(f"{source}: DICOM SEG and SR need a DICOM series as input; "
@@ -167,10 +173,30 @@ def plan(out_dir: str | os.PathLike, stem: str, overwrite: bool = False, inputs:
     return OutputPlan(Path(out_dir), stem, paths, extras, overwrite)
 
 
-def nodes_csv(nodes: list) -> str:
+def class_columns(classes: list | None) -> list:
+    """The multi-class CSV columns (none for a binary model): `fraction_<class>` then `mean_prob_<class>`
+    for each foreground class, in the manifest's order."""
+    fg = list(classes or ())[1:]
+    if len(fg) < 2:
+        return []
+    return [f"fraction_{c}" for c in fg] + [f"mean_prob_{c}" for c in fg]
+
+
+def _class_cells(n: dict, classes: list) -> list:
+    fg = list(classes)[1:]
+    cells = []
+    for key in ("class_fractions", "class_mean_prob"):
+        values = n.get(key) or {}
+        cells += ["" if values.get(c) is None else values[c] for c in fg]
+    return cells
+
+
+def nodes_csv(nodes: list, classes: list | None = None) -> str:
+    """The node table as CSV: CSV_COLUMNS, then `class_columns(classes)` for a multi-class model."""
+    extra = class_columns(classes)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(CSV_COLUMNS + extra)
     for n in nodes:
         c = n["centroid_mm"]
         b = n["bbox_voxels"]
@@ -179,7 +205,8 @@ def nodes_csv(nodes: list) -> str:
                     "" if n["mean_hu"] is None else n["mean_hu"],
                     "" if n["probability"] is None else n["probability"], n["recist"], *b,
                     *("" if n.get(k) is None else n[k]
-                      for k in ("slice_position_mm", "instance_number", "sop_instance_uid", "side"))])
+                      for k in ("slice_position_mm", "instance_number", "sop_instance_uid", "side")),
+                    *(_class_cells(n, classes) if extra else ())])
     return buf.getvalue()
 
 
@@ -263,5 +290,6 @@ def contract_outputs(label_image: sitk.Image, report: dict) -> dict:
     return {
         "labels": Output(lambda p: write_image_file(label_image, p)),
         "report": Output(lambda p: p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")),
-        "csv": Output(lambda p: p.write_text(nodes_csv(report["nodes"]), encoding="utf-8")),
+        "csv": Output(lambda p: p.write_text(nodes_csv(report["nodes"], (report.get("model") or {}).get("classes")),
+                                             encoding="utf-8")),
     }

@@ -73,6 +73,7 @@ class Scan:
     fg: np.ndarray | None = None  # ... foreground there (bool), its probability and (K > 2) classes
     prob: np.ndarray | None = None
     classes: np.ndarray | None = None
+    class_prob: np.ndarray | None = None  # (K, ...) each class's probability there (K > 2 only)
     labels: np.ndarray | None = None  # components: labels over fg_box (canonical, uint32 or uint16)
     stats: dict | None = None
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids still reported
@@ -268,6 +269,7 @@ def restore(scan: Scan, dev: Device) -> None:
     scan.fg_box, scan.fg = fg_box, xp.zeros(shape, bool)
     scan.prob = xp.zeros(shape, np.float32)
     scan.classes = None if binary else xp.zeros(shape, np.uint8)
+    scan.class_prob = None if binary else xp.zeros((len(probs),) + shape, np.float32)
     channels = [dev.ops.resampler(p, crop) for p in (probs[1:2] if binary else probs)]
     for box in boxes:
         dst = prep.native.crop(box)
@@ -277,8 +279,10 @@ def restore(scan: Scan, dev: Device) -> None:
             scan.fg[sl] |= back[0] > 0.5
             scan.prob[sl] = back[0]
         else:
-            cls = xp.argmax(xp.stack(back), axis=0).astype(np.uint8)
+            back = xp.stack(back)
+            cls = xp.argmax(back, axis=0).astype(np.uint8)
             scan.classes[sl], scan.fg[sl], scan.prob[sl] = cls, cls > 0, 1.0 - back[0]
+            scan.class_prob[(slice(None),) + sl] = back
 
 
 # -- components and rules --------------------------------------------------------------------------
@@ -295,11 +299,24 @@ def components(scan: Scan, dev: Device) -> None:
     scan.labels = labels
     scan.stats = dev.ops.stats(labels, n, ct, scan.prob, scan.classes, k,
                                first_map=index_map(scan.orient, scan.vol.shape, lo))
+    if scan.class_prob is not None:
+        scan.stats["class_sums"] = class_sums(labels, n, scan.class_prob, dev)
+        scan.class_prob = None
     keep = scan.stats["count"] >= max(cfg.min_voxels(voxel_volume_mm3(scan.vol)), 1)
     scan.ids = np.flatnonzero(keep) + 1
     # what the size floor removed, said in the report: with a noisy model it can be most of the mask
     scan.rules["min_volume"] = {"mm3": cfg.min_volume_mm3, "dropped": int(n - scan.ids.size),
                                 "voxels_dropped": int(scan.stats["count"][~keep].sum())}
+
+
+def class_sums(labels, n: int, class_prob, dev: Device = CPU) -> np.ndarray:
+    """(n, K) float64: the sum of each class's probability over each component's voxels (indexed by
+    id - 1, as the statistics), for the nodes' mean class probabilities. One weighted count per class,
+    on the device where the labels are; only (n, K) numbers come to the host."""
+    xp, flat = dev.xp, labels.reshape(-1)
+    cols = [xp.bincount(flat, weights=p.reshape(-1).astype(np.float64), minlength=n + 1)[1:n + 1]
+            for p in class_prob]
+    return np.asarray(dev.to_host(xp.stack(cols, axis=1)), dtype=np.float64)
 
 
 def rules(scan: Scan, dev: Device) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .optional import require
-from .viewer import node_color, node_name
+from .viewer import CLASS_RGB, class_index, node_color, node_name
 from .volume import Orientation, world_to_index
 
 WINDOW = (-160.0, 240.0)  # W 400 / L 40: soft tissue (node pictures)
@@ -602,17 +602,43 @@ def _link(n: dict, node_pngs: dict) -> str:
     return f'<a href="#node-{n["id"]}">picture</a>' if n["id"] in node_pngs else ""
 
 
+def _hex(rgb) -> str:
+    return "#%02x%02x%02x" % tuple(rgb)
+
+
+def _class_cell(n: dict) -> str:
+    """A multi-class node's voted class in its colour, with every class's share of its voxels."""
+    esc = html.escape
+    rgb = _hex(node_color(n))
+    shares = ", ".join(f"{esc(k)} {v:.0%}" for k, v in (n.get("class_fractions") or {}).items())
+    return f'<td class="t"><span style="color:{rgb}">&#9632; {esc(str(n["class"]))}</span> ({shares})</td>'
+
+
+def class_key(nodes: list) -> str:
+    """The colour key of a multi-class page (empty for a binary model)."""
+    names = next((list(n["class_fractions"]) for n in nodes if class_index(n) is not None), None)
+    if not names:
+        return ""
+    esc = html.escape
+    items = ", ".join(f'<span style="color:{_hex(CLASS_RGB[k % len(CLASS_RGB)])}">&#9632;</span> {esc(c)}'
+                      for k, c in enumerate(names))
+    return (f'<p class="key" id="class-key">Nodes are coloured by the class the model voted for (each node\'s '
+            f'class is the majority of its voxels; the table gives every class\'s share): {items}.</p>')
+
+
 def _node_sections(nodes: list, node_pngs: dict) -> tuple:
     """(the node table, or the no-nodes notice; the node pictures with captions) of the page."""
     esc = html.escape
     instances = any(n.get("instance_number") is not None for n in nodes)  # DICOM input: the column
+    classes = any(class_index(n) is not None for n in nodes)  # a multi-class model: the class column
     rows = "\n".join(
         f'<tr id="row-{n["id"]}" class="{esc(n["recist"])}"><td>{n["id"]}</td><td>{n["short_axis_mm"]:.1f}</td>'
         f'<td>{n["long_axis_mm"]:.1f}</td><td>{n["volume_mm3"]:.0f}</td><td>{n["axis_slice"]}</td>'
         f'<td>{_num(n.get("slice_position_mm"))}</td>'
         f'{"<td>" + _num(n.get("instance_number"), "{}") + "</td>" if instances else ""}'
         f'<td class="t">{esc(str(n.get("side") or ""))}</td>'
-        f'<td class="t">{esc(n["recist"])}</td><td>{_hu(n)}</td>'
+        f'<td class="t">{esc(n["recist"])}</td>'
+        f'{_class_cell(n) if classes else ""}<td>{_hu(n)}</td>'
         f'<td>{", ".join(f"{v:.1f}" for v in n["centroid_mm"])}</td>'
         f'<td>{_link(n, node_pngs)}</td></tr>'
         for n in nodes)
@@ -627,7 +653,7 @@ def _node_sections(nodes: list, node_pngs: dict) -> tuple:
             f'<th data-t="n">long axis mm</th><th data-t="n">volume mm³</th><th data-t="n">slice</th>'
             f'<th data-t="n">slice position mm</th>'
             f'{"<th data-t=n>Instance Number</th>" if instances else ""}<th>side</th>'
-            f'<th>RECIST</th><th data-t="n">mean HU</th><th>centroid x, y, z mm</th><th></th></tr></thead>'
+            f'<th>RECIST</th>{"<th>class (voxel shares)</th>" if classes else ""}<th data-t="n">mean HU</th><th>centroid x, y, z mm</th><th></th></tr></thead>'
             f'<tbody>{rows}</tbody></table>' if nodes else
             '<p id="no-nodes" class="none">No nodes found in this scan: the overview shows the scan '
             'with nothing marked, and there are no node pictures.</p>')
@@ -662,6 +688,7 @@ p.none{{font-size:1.3em;color:#fff;background:#333;padding:.6em 1em;display:inli
 convention (patient's right on the left): coronal over the whole scan, axial over the nodes' slab only
 (between the dotted lines on the coronal panel). Each node is circled at its centroid and numbered.</p>
 <h2>Nodes</h2>{body}
+{class_key(nodes)}
 <p class="key">Node pictures: the measured axial slice, W 400 / L 40, a {FOV_MM:g} mm field of view
 (larger in {FOV_STEP_MM:g} mm steps for big nodes, written on each picture) with a {SCALE_BAR_MM:g} mm
 scale bar; long axis yellow, short axis cyan; blue-grey is outside the scan.</p>

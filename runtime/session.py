@@ -68,6 +68,23 @@ class Result:
     def label_image(self) -> sitk.Image:
         return to_sitk(self.geometry, self.labels)
 
+    @property
+    def classes(self) -> list:
+        """The model's class names (index = label value; background first)."""
+        return list((self.model or {}).get("classes") or ["background", "lymph_node"])
+
+    def class_map(self) -> np.ndarray | None:
+        """A multi-class model's class map on the input's grid (uint8, the labels' shape): each node's
+        voxels hold the index of its voted class (`node["class"]`), background 0; None for a binary model.
+        The node's class, not each voxel's argmax: a node is one finding with one class."""
+        names = self.classes
+        if len(names) <= 2:
+            return None
+        lut = np.zeros(int(self.labels.max(initial=0)) + 1, np.uint8)
+        for n in self.nodes:
+            lut[n["id"]] = names.index(n["class"]) if n["class"] in names else 0
+        return lut[self.labels]
+
     def report(self) -> dict:
         g = self.geometry
         inp = {
@@ -87,7 +104,7 @@ class Result:
              dicom_seg: bool | None = None, dicom_sr: bool = False, contract: bool = True) -> OutputPlan:
         """What `save` with these options would write, checked now (raises `LnrtError` if it cannot)."""
         return plan_outputs(out_dir, self.info.stem, overwrite, (self.info.path,), self.info.kind == "dicom",
-                            viewer, qc, dicom_seg, dicom_sr, contract=contract)
+                            viewer, qc, dicom_seg, dicom_sr, contract=contract, multiclass=len(self.classes) > 2)
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False, viewer: bool = True,
              qc: bool = False, dicom_seg: bool | None = None, dicom_sr: bool = False,
@@ -129,6 +146,9 @@ class Result:
         report = self.report()
         image = self.label_image()
         outputs = contract_outputs(image, report) if contract else {}
+        if "classes" in todo.extras:
+            class_image = to_sitk(self.geometry, self.class_map())
+            outputs["classes"] = Output(lambda p: write_image_file(class_image, p))
         if viewer:
             from .viewer import itksnap_labels, slicer_segmentation
             nrrd = slicer_segmentation(image, self.nodes)

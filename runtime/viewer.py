@@ -17,13 +17,32 @@ CATEGORY_RGB = {"enlarged": (230, 25, 25), "pathological": (255, 140, 0)}
 NORMAL_RGB = [(60, 200, 80), (50, 150, 255), (170, 110, 255), (0, 200, 200), (150, 220, 40), (255, 110, 200)]
 
 
+# A multi-class model's nodes are coloured by their class, in the Okabe-Ito palette (distinct for the
+# common colour-vision deficiencies), ordered so that N / P / ENE read green / orange / vermillion.
+CLASS_RGB = [(0, 158, 115), (230, 159, 0), (213, 94, 0), (86, 180, 233), (204, 121, 167), (0, 114, 178),
+             (240, 228, 66)]
+
+
+def class_index(node: dict) -> int | None:
+    """A multi-class node's foreground class index (0 = the first foreground class), or None."""
+    fractions = node.get("class_fractions")
+    if not fractions or node.get("class") not in fractions:
+        return None
+    return list(fractions).index(node["class"])
+
+
 def node_color(node: dict) -> tuple:
+    """By class for a multi-class model (`CLASS_RGB`); else by RECIST category, normal nodes cycling."""
+    k = class_index(node)
+    if k is not None:
+        return CLASS_RGB[k % len(CLASS_RGB)]
     rgb = CATEGORY_RGB.get(node["recist"])
     return rgb if rgb else NORMAL_RGB[(node["id"] - 1) % len(NORMAL_RGB)]
 
 
 def node_name(node: dict) -> str:
-    return f"node {node['id']} ({node['recist']}, short axis {node['short_axis_mm']:.1f} mm)"
+    cls = f"{node['class']}, " if class_index(node) is not None else ""
+    return f"node {node['id']} ({cls}{node['recist']}, short axis {node['short_axis_mm']:.1f} mm)"
 
 
 def itksnap_labels(nodes: list) -> str:

@@ -130,6 +130,12 @@ def test_device_pipeline_with_three_classes(device, session):
     assert _dice(cpu.output, dev.output) >= 0.999 and len(cpu.nodes) == len(dev.nodes)
     for a, b in zip(cpu.nodes, dev.nodes):
         assert a["class"] == b["class"] and abs(a["short_axis_mm"] - b["short_axis_mm"]) <= 0.1
+        # the votes and the class probabilities summed on the device (a weighted count per class)
+        assert set(a["class_fractions"]) == {"node_n", "node_p"} == set(b["class_fractions"])
+        for key in ("class_fractions", "class_mean_prob"):
+            for c in ("node_n", "node_p"):
+                assert abs(a[key][c] - b[key][c]) <= 0.01, (key, c, a[key], b[key])
+    assert any(0.05 < n["class_fractions"]["node_p"] < 0.95 for n in cpu.nodes)  # mixed nodes exist
 
 
 @pytest.mark.parametrize("where", ["resampling", "tiles"])
