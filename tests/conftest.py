@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,15 @@ import SimpleITK as sitk
 from lnrt.volume import Volume, stored_as
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def dciodvfy_errors(path) -> list:
+    """dicom3tools' `dciodvfy` error lines for a file (its warnings are not errors); skips the test
+    where dicom3tools is not installed."""
+    if not shutil.which("dciodvfy"):
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
 
 
 def signed_permutations():

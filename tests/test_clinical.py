@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 import lnrt
+from conftest import dciodvfy_errors
 from lnrt.viewer import CATEGORY_RGB, read_slicer_segments
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -26,13 +27,9 @@ def dicom_run(shared_data, session, tmp_path_factory):
 
 
 def test_dicom_seg_and_sr_pass_dciodvfy(dicom_run):
-    if not shutil.which("dciodvfy"):
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
     _, _, paths = dicom_run
     for key in ("dicom_seg", "dicom_sr"):
-        proc = subprocess.run(["dciodvfy", str(paths[key])], capture_output=True, text=True)
-        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
-        assert errors == [], (key, errors)
+        assert dciodvfy_errors(paths[key]) == [], key
 
 
 def test_seg_segments_equal_the_label_map_on_the_source_frames(dicom_run):
@@ -178,11 +175,6 @@ def test_thorax_series_with_an_rtstruct_gives_valid_seg_and_sr(shared_data, sess
 
 # -- references, negative results, no silent omissions -------------------------------------------------
 
-def _dciodvfy_errors(path) -> list:
-    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
-
-
 def test_sr_axes_reference_the_image_they_were_measured_on(dicom_run):
     hd, res, paths = dicom_run
     from pydicom.sr.codedict import codes
@@ -258,7 +250,7 @@ def test_zero_node_sr_says_no_lymph_node_and_passes_dciodvfy(session, air_series
     assert err.count(seg[0]) == 1, err
     assert json.loads(paths["report"].read_text())["warnings"].count(seg[0]) == 1
     if shutil.which("dciodvfy"):
-        assert _dciodvfy_errors(paths["dicom_sr"]) == []
+        assert dciodvfy_errors(paths["dicom_sr"]) == []
     sr = pydicom.dcmread(paths["dicom_sr"])
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 
