@@ -59,7 +59,7 @@ def _onnx():
     return require("onnx", "export")
 
 
-def _float_types(model) -> dict:
+def tensor_types(model) -> dict:
     """Element type of every tensor in the graph (after shape inference)."""
     onnx = _onnx()
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -80,7 +80,7 @@ def to_fp16(model, keep: Iterable[str] = ()):
     model.CopyFrom(src)  # the caller's model stays float32 (it used to be converted in place)
     keep = set(keep)
     F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
-    types = _float_types(model)
+    types = tensor_types(model)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     mode_of = {}
@@ -160,7 +160,7 @@ def fp32_nodes(model) -> list:
     _onnx()
     from onnx import TensorProto
 
-    types = _float_types(model)
+    types = tensor_types(model)
     return [n.name for n in model.graph.node if n.op_type != "Cast" and n.output
             and types.get(n.output[0]) == TensorProto.FLOAT]
 

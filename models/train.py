@@ -128,6 +128,15 @@ def predict_volume(model, hu, device, batch_size=2):
     return logits.argmax(0)
 
 
+def step(opt, sched, loss) -> float:
+    """One optimizer and schedule step on `loss`; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def add_activation_noise(model) -> None:
     """Quantization-aware fine-tuning, the light way: in training mode every activation gets uniform
     noise of one int8 step (max |a| / 127, per tensor, symmetric as the INT8 export quantizes), so the
@@ -186,12 +195,7 @@ def train(args):
         xs, ys = zip(*[pool.sample(args.patch, args.node_fraction) for _ in range(args.batch_size)])
         x = torch.from_numpy(np.stack(xs)[:, None]).to(device)
         y = torch.from_numpy(np.stack(ys)).to(device)
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running.append(float(loss.detach()))
+        running.append(step(opt, sched, loss_fn(model(x), y)))
         if (it + 1) % args.refresh_every == 0:
             pool.refresh(max(1, args.pool // 4))
         if (it + 1) % args.log_every == 0:

@@ -126,14 +126,6 @@ def _case(name: str, norm: str):
     return _CACHE[key]
 
 
-def _types(model) -> dict:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    t = {v.name: v.type.tensor_type.elem_type for v in
-         list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    t.update({i.name: i.data_type for i in inferred.graph.initializer})
-    return t
-
-
 # --- the networks ---------------------------------------------------------------------------------------
 
 def test_networks_are_small_and_give_logits_of_the_input_grid():
@@ -242,7 +234,7 @@ def test_fp16_runs_matmul_in_half_and_softmax_in_float():
     before = model.SerializeToString()
     half = precision.to_fp16(model)
     assert model.SerializeToString() == before  # the FP32 model is not converted in place
-    types = _types(half)
+    types = precision.tensor_types(half)
     by_op: dict = {}
     for n in half.graph.node:
         by_op.setdefault(n.op_type, []).append(n)

@@ -40,14 +40,6 @@ class NormNet(torch.nn.Module):
         return torch.softmax(self.c2(y), dim=1)
 
 
-def _types(model) -> dict:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    t = {v.name: v.type.tensor_type.elem_type for v in
-         list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    t.update({i.name: i.data_type for i in inferred.graph.initializer})
-    return t
-
-
 def _run(model, x):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
@@ -58,7 +50,7 @@ def test_fp16_keeps_normalization_and_softmax_in_fp32_and_io_in_fp32():
     model, check = export_module(NormNet().eval(), (8, 16, 16))
     assert check["opset"] == 17 and "InstanceNormalization" in check["onnx_ops"]
     half = precision.to_fp16(model)
-    types = _types(half)
+    types = precision.tensor_types(half)
     by_op = {}
     for n in half.graph.node:
         by_op.setdefault(n.op_type, []).append(n)
@@ -84,7 +76,7 @@ def test_fp16_keep_list_leaves_named_nodes_in_fp32():
     model, _ = export_module(NormNet().eval(), (8, 16, 16))
     first = next(n.name for n in model.graph.node if n.op_type == "Conv")
     half = precision.to_fp16(model, keep=[first])
-    types = _types(half)
+    types = precision.tensor_types(half)
     node = next(n for n in half.graph.node if n.name == first)
     assert types[node.output[0]] == TensorProto.FLOAT and types[node.input[1]] == TensorProto.FLOAT
 
