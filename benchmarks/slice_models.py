@@ -1,14 +1,16 @@
 """What a 2.5D slice model costs on a whole neck, beside the 3D default on the same scan (issue 18).
 
     python benchmarks/slice_models.py [--class lnrt.models.attention:SNet25D] [--context 7] [--patch 128]
-                                      [--batch 1,16] [--backends openvino,onnxruntime]
+                                      [--batch 1,16] [--backends openvino,onnxruntime] [--package PKG]
 
 The 2.5D network (random weights: timing only, say so) is exported with `lnrt export torch`'s builder as
 a 2.5D package (K context slices above and below, in-plane 0.8 mm, the scan's own slice spacing) and
 run end to end by `lnrt.Session` on the benchmark's whole neck (512 x 512 x 250 at 0.5 x 0.5 x 1 mm,
 `lnrt.bench.synthetic_scan`), then the embedded 3D default on the same scan, in one process, one after
 the other, per backend. Reported: seconds end to end and per stage, slices and tiles, slices per second,
-and the ratio 2.5D / 3D. Slice batches are timed at each `--batch` (slices per network call). Writes
+and the ratio 2.5D / 3D. Slice batches are timed at each `--batch` (slices per network call). `--package`
+times a given slice package instead (e.g. the briefly trained SNet25D of `python -m
+lnrt.models.train_slices`, whose node count is realistic where a random network's is not). Writes
 `benchmarks/results/<host>-<date>-slice-models.json`.
 """
 from __future__ import annotations
@@ -34,6 +36,14 @@ def _timed(session, scan) -> dict:
             "nodes": len(rep["nodes"])}
 
 
+def _described(path: Path) -> str:
+    m = json.loads((path / "lnrt.json").read_text())
+    inp = m["input"]
+    return (f"package {m['name']} {m['version']} ({m['provenance'].get('trained_on')}), K = "
+            f"{inp.get('context_slices', 0)} context slices, patch {inp['patch_size_zyx']} at "
+            f"{inp['spacing_zyx_mm']} mm (z, y, x; null: the scan's)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--class", dest="cls", default="lnrt.models.attention:SNet25D")
@@ -43,6 +53,7 @@ def main() -> None:
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--backends", default="openvino,onnxruntime")
     ap.add_argument("--size", default="512,512,250")
+    ap.add_argument("--package", type=Path, default=None, help="a slice-model package to time instead")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
 
@@ -62,11 +73,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         scan = synthetic_scan(tuple(int(v) for v in args.size.split(",")), out_dir=tmp)
-        pkg = build_package(net, tmp / "pkg", name="snet-bench", version="0", spacing_zyx=(None, 0.8, 0.8),
-                            patch_zyx=(1, args.patch, args.patch),
-                            normalization={"scheme": "window", "window_hu": [-160.0, 240.0]},
-                            classes=["background", "lymph_node"], provenance={"trained_on": "random weights"},
-                            input_kind="2.5d", context_slices=c)
+        pkg = args.package or build_package(
+            net, tmp / "pkg", name="snet-bench", version="0", spacing_zyx=(None, 0.8, 0.8),
+            patch_zyx=(1, args.patch, args.patch), normalization={"scheme": "window", "window_hu": [-160.0, 240.0]},
+            classes=["background", "lymph_node"], provenance={"trained_on": "random weights"},
+            input_kind="2.5d", context_slices=c)
         for backend in args.backends.split(","):
             for batch in (int(b) for b in args.batch.split(",")):
                 with lnrt.Session(pkg, backend=backend, batch_size=batch) as s:
@@ -87,7 +98,8 @@ def main() -> None:
               for b in args.backends.split(",")}
     res = {"schema": "lnrt.slice-models/1", "date": dt.date.today().isoformat(), "machine": machine_info(),
            "scan": f"lnrt.bench.synthetic_scan {args.size} (x, y, z) at 0.5 x 0.5 x 1 mm",
-           "model_25d": f"{args.cls} {kwargs}, {params} parameters, random weights (timing only), "
+           "model_25d": _described(args.package) if args.package else
+                        f"{args.cls} {kwargs}, {params} parameters, random weights (timing only), "
                         f"K = {c} context slices, patch 1 x {args.patch} x {args.patch} at scan z x 0.8 x 0.8 mm",
            "runs": rows, "ratio_25d_over_3d_best_batch": ratios}
     print(f"wrote {save_result(res, args.out, 'slice-models')}")
