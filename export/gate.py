@@ -187,13 +187,15 @@ def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path
 
 def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: list | None = None,
              backend: str = "onnxruntime", threads: int | None = None, reference: Reference | None = None,
-             diagnose: bool = True, progress=None, stop_early: bool = True) -> dict:
+             diagnose: bool = True, progress=None, stop_early: bool = True, kept=()) -> dict:
     """Gate `candidate` (an onnx.ModelProto) as `variant` of `pkg` on one backend; returns the report.
 
     `reference` is the FP32 `Reference` of `pkg` on the same backend for `volumes` (and its check tiles:
     `tiles`, when given, must be the reference's), so gating several variants runs FP32 once; without it
     one is made here. `diagnose` adds the per-layer error ranking (`layer_errors`, run on ONNX Runtime).
-    `stop_early=False` runs every volume (a variant written with --force records its full comparison)."""
+    `stop_early=False` runs every volume (a variant written with --force records its full comparison).
+    `kept`: the nodes the candidate already keeps in FP32, never advised again (a kept layer's output
+    still differs when its inputs do, so it can rank high while keeping it more cannot help)."""
     import onnx
 
     from lnrt.session import Session
@@ -240,9 +242,9 @@ def run_gate(pkg: ModelPackage, variant: str, candidate, volumes: list, tiles: l
         ref_model = onnx.load(str(pkg.onnx_path("fp32")))
         report["most_sensitive_layers"] = layer_errors(ref_model, candidate, tiles[0])
         if failures:
-            keep = [r["node"] for r in report["most_sensitive_layers"][:3]]
+            keep = [r["node"] for r in report["most_sensitive_layers"] if r["node"] not in set(kept)][:3]
             report["advice"] = ("keep these layers at higher precision and export again: "
-                                + " ".join(f"--keep {k}" for k in keep))
+                                + " ".join(f"--keep {k}" for k in [*kept, *keep]))
     return report
 
 

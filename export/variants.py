@@ -95,7 +95,7 @@ def add_variants(package, variants=BUILDABLE, calib=None, n_calib: int = 4, n_ga
     for variant in variants:
         progress(f"building the {variant} variant")
         candidate, extra = _build(pkg, variant, keep, calib, n_calib, calibration, threads, progress)
-        report = _gate_everywhere(pkg, variant, candidate, volumes, refs, force, threads, progress)
+        report = _gate_everywhere(pkg, variant, candidate, volumes, refs, force, threads, progress, tuple(keep))
         report.update(extra, keep=list(keep), gate_volumes=[n for n, _ in volumes])
         reports[variant] = report
         report["written"] = bool(report["passed"] or force)
@@ -154,11 +154,11 @@ class _References(dict):
         return self[backend]
 
 
-def _gate_everywhere(pkg, variant, candidate, volumes, refs, force, threads, progress) -> dict:
+def _gate_everywhere(pkg, variant, candidate, volumes, refs, force, threads, progress, keep=()) -> dict:
     """The ONNX Runtime gate report with every other backend's verdict in `gate_backends`. With `force`
     every volume runs: the written variant's record is then complete."""
     report = gates.run_gate(pkg, variant, candidate, volumes, threads=threads, reference=refs["onnxruntime"],
-                            progress=progress, stop_early=not force)
+                            progress=progress, stop_early=not force, kept=keep)
     report["gate_backends"] = {"onnxruntime": gates.summary_line(report)}
     for b in refs.backends[1:]:
         if not (report["passed"] or force):

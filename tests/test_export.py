@@ -315,6 +315,12 @@ def test_gate_passes_fp16_and_fails_a_broken_variant(placeholder_package, tmp_pa
         assert "fp16" not in ModelPackage.load(pkg_dir2).variants()
         saved = json.loads((pkg_dir2 / "parity.fp16.json").read_text())
         assert saved["advice"].startswith("keep these layers") and saved["most_sensitive_layers"]
+        # a layer kept already is not advised again: the advice keeps it and adds the next ones
+        first = saved["advice"].split("--keep ")[1].strip()
+        again_kept = va.add_variants(pkg_dir2, ["fp16"], n_gate=1, keep=(first,))["fp16"]
+        advised = [a.strip() for a in again_kept["advice"].split("--keep ")[1:]]
+        ranked = [r["node"] for r in again_kept["most_sensitive_layers"]]
+        assert advised == [first] + [n for n in ranked if n != first][:3], (advised, ranked)
         forced = va.add_variants(pkg_dir2, ["fp16"], n_gate=1, force=True)
         assert forced["fp16"]["written"] and "fp16" in ModelPackage.load(pkg_dir2).variants()
     finally:
