@@ -109,15 +109,20 @@ def evaluate_scan(pred: Volume, truth: Volume, name: str = "scan") -> dict:
     true_short = _short_axes(t, t_ids, t_boxes, truth, orient)
     nodes = []
     matched_pred = {}
+    p_counts = np.bincount(p.ravel())
     for i in t_ids:
         box = t_boxes[i]
         m = t[box] == i
         covered = pf[box][m]
         overlap = p[box][m][covered]
         best = int(np.bincount(overlap).argmax()) if overlap.size else None
+        # the node's Dice against every predicted component touching it (a split node counts all its
+        # pieces; a component that spills beyond the node counts whole): 0 for a missed node
+        touching = int(p_counts[np.unique(overlap)].sum()) if overlap.size else 0
         nodes.append({"id": i, "short_axis_mm": round(true_short[i], 3), "voxels": int(m.sum()),
                       "coverage": round(float(covered.mean()), 4), "detected": bool(covered.any()),
-                      "detected_50": bool(covered.mean() > 0.5), "pred_id": best})
+                      "detected_50": bool(covered.mean() > 0.5), "pred_id": best,
+                      "dice": round(2.0 * int(covered.sum()) / (int(m.sum()) + touching), 4)})
         if best is not None:
             matched_pred[i] = best
     pred_short = _short_axes(p, sorted(set(matched_pred.values())), p_boxes, pred, orient)
@@ -142,16 +147,17 @@ def summarize(scans: list) -> dict:
     def recall(sel, key="detected"):
         sel = list(sel)
         return None if not sel else round(sum(n[key] for n in sel) / len(sel), 4)
-    strata = {label: {"nodes": len([n for n in nodes if lo <= n["short_axis_mm"] < hi]),
-                      "recall": recall(n for n in nodes if lo <= n["short_axis_mm"] < hi),
-                      "recall_50": recall((n for n in nodes if lo <= n["short_axis_mm"] < hi), "detected_50")}
-              for label, lo, hi in STRATA}
+    def mean(v):
+        return None if not v else round(float(np.mean(v)), 4)
+
+    def stratum(lo, hi):
+        sel = [n for n in nodes if lo <= n["short_axis_mm"] < hi]
+        return {"nodes": len(sel), "recall": recall(sel), "recall_50": recall(sel, "detected_50"),
+                "dice_per_node_mean": mean([n["dice"] for n in sel])}
+    strata = {label: stratum(lo, hi) for label, lo, hi in STRATA}
     errors = [n["short_axis_error_mm"] for n in nodes if n["detected"] and "short_axis_error_mm" in n]
     hds = [s["hd_mm"] for s in scans if s["hd_mm"] is not None]
     hd95s = [s["hd95_mm"] for s in scans if s["hd95_mm"] is not None]
-
-    def mean(v):
-        return None if not v else round(float(np.mean(v)), 4)
     return {
         "scans": len(scans), "true_nodes": len(nodes),
         "recall": recall(nodes), "recall_50": recall(nodes, "detected_50"),
@@ -163,7 +169,22 @@ def summarize(scans: list) -> dict:
         "hd_mm_mean": mean(hds), "hd95_mm_mean": mean(hd95s),
         "short_axis_error_mm_median": None if not errors else round(float(np.median(errors)), 3),
         "short_axis_abs_error_mm_median": None if not errors else round(float(np.median(np.abs(errors))), 3),
+        "short_axis_abs_error_mm_p90": None if not errors else round(float(np.percentile(np.abs(errors), 90)), 3),
+        "dice_per_node_mean": mean([n["dice"] for n in nodes]),
+        "worst_nodes": worst_nodes(scans),
     }
+
+
+WORST_NODES = 10  # listed in a summary: enough to see a pattern (issue 19's slivers), short enough to read
+
+
+def worst_nodes(scans: list, count: int = WORST_NODES) -> list:
+    """The true nodes segmented worst (lowest per-node Dice, then lowest coverage, then largest), with
+    the scan they are in: where to look first when a model stops short."""
+    rows = [{"scan": s["name"], "id": n["id"], "short_axis_mm": n["short_axis_mm"], "coverage": n["coverage"],
+             "dice": n["dice"], "short_axis_error_mm": n.get("short_axis_error_mm")}
+            for s in scans for n in s["nodes"]]
+    return sorted(rows, key=lambda r: (r["dice"], r["coverage"], -r["short_axis_mm"]))[:count]
 
 
 _SUFFIXES = (".nodes", ".truth", ".labels", ".label", ".seg", ".gt")
@@ -221,5 +242,12 @@ def format_table(result: dict) -> str:
               f"{f(s['dice_mean'])}   mean HD {f(s['hd_mm_mean'], '{:.1f}')} mm   mean HD95 "
               f"{f(s['hd95_mm_mean'], '{:.1f}')} mm",
               f"short-axis error of detected nodes: median {f(s['short_axis_error_mm_median'], '{:+.2f}')} mm, "
-              f"median |error| {f(s['short_axis_abs_error_mm_median'], '{:.2f}')} mm"]
+              f"median |error| {f(s['short_axis_abs_error_mm_median'], '{:.2f}')} mm, 90th percentile |error| "
+              f"{f(s['short_axis_abs_error_mm_p90'], '{:.2f}')} mm",
+              f"Dice per node: mean {f(s['dice_per_node_mean'])}   by true short axis: " + "   ".join(
+                  f"{k} mm: {f(v['dice_per_node_mean'])}" for k, v in s["recall_by_short_axis"].items())]
+    if s["worst_nodes"]:
+        lines += ["", "worst nodes (scan, id, true short axis, coverage, Dice, short-axis error):"]
+        lines += [f"  {w['scan'][:24]:<24} {w['id']:>4} {w['short_axis_mm']:>6.1f} mm {w['coverage']:>6.1%} "
+                  f"{w['dice']:>6.3f} {f(w['short_axis_error_mm'], '{:+.1f}'):>6} mm" for w in s["worst_nodes"]]
     return "\n".join(lines)

@@ -60,6 +60,23 @@ def test_summary_pools_nodes_and_stratifies_by_short_axis(case):
     assert s["recall_short_ge_10mm"] == pytest.approx(0.9)
 
 
+def test_dice_per_node_counts_every_touching_piece_and_lists_the_worst(case):
+    truth, pred = case
+    r = evaluate_scan(vol(pred), vol(truth))
+    by_id = {n["id"]: n["dice"] for n in r["nodes"]}
+    # covered share c of a node, every touching piece inside it: Dice = 2c / (1 + c)
+    assert by_id == pytest.approx({1: 1.0, 2: 0.0, 3: 2 * 0.7 / 1.7, 4: 2 * 0.4 / 1.4, 5: 2 * 0.6 / 1.6}, abs=1e-4)
+    spill = pred.copy()
+    spill[2:6, 5:15, 20:30] = 1  # node 1's component doubled beyond the node: Dice 2 * 1 / (1 + 2)
+    assert evaluate_scan(vol(spill), vol(truth))["nodes"][0]["dice"] == pytest.approx(2 / 3, abs=1e-4)
+    s = summarize([r])
+    assert s["dice_per_node_mean"] == pytest.approx(np.mean(list(by_id.values())), abs=1e-3)
+    assert s["recall_by_short_axis"]["10-15"]["dice_per_node_mean"] == s["dice_per_node_mean"]
+    assert [w["id"] for w in s["worst_nodes"]] == [2, 4, 5, 3, 1]  # lowest Dice first
+    errors = sorted(abs(n["short_axis_error_mm"]) for n in r["nodes"] if "short_axis_error_mm" in n)
+    assert s["short_axis_abs_error_mm_p90"] == pytest.approx(np.percentile(errors, 90), abs=1e-3)
+
+
 def test_hausdorff_of_shifted_cubes_and_empty_masks():
     a = np.zeros((10, 30, 40), bool)
     b = np.zeros_like(a)
