@@ -187,6 +187,29 @@ def make_spec(seed: int, n_nodes: tuple = (4, 14)) -> NeckSpec:
     return spec
 
 
+def add_probe_node(spec: NeckSpec, rng: np.random.Generator, short: float, cc: float, hu: float,
+                   necrosis: float = 0.0, elongation: float = 1.1, tries: int = 300) -> Node | None:
+    """Add one node of chosen properties to a phantom (short axis and cranio-caudal extent in mm, density,
+    necrotic core) beside the jugular chain at a random level, where it fits as `make_spec`'s nodes must;
+    returns it (its label is then `len(spec.nodes)`), or None when no place was found. For controlled
+    experiments on what makes a model stop short (`benchmarks/node_properties.py`, issue 19)."""
+    b = short / 2
+    a, c = b * elongation, cc / 2
+    for _ in range(tries):
+        z = float(rng.uniform(c + 2, spec.height - c - 2))
+        side = rng.choice([-1, 1])
+        jx, jy, jr = _jugular(spec.vessels[side], z, spec.height)
+        direction = rng.uniform(-0.7 * np.pi, 0.7 * np.pi) + (0 if side > 0 else np.pi)
+        dist = jr + a + rng.uniform(1.5, 6 + 1.5 * a)
+        level = next(k for k, (lo, hi) in LEVELS.items() if z / spec.height < hi or k == "II")
+        node = Node((jx + dist * np.cos(direction), jy + dist * np.sin(direction), z), (a, b, c),
+                    rng.uniform(0, np.pi), hu, level, necrosis)
+        if _fits(spec, node):
+            spec.nodes.append(node)
+            return node
+    return None
+
+
 def _fits(spec: NeckSpec, n: Node) -> bool:
     """Inside the deep neck, clear of vessels, spine, airway and other nodes."""
     x, y, z = n.center
