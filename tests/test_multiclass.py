@@ -159,7 +159,7 @@ def test_viewer_files_and_qc_colour_nodes_by_class(run, tmp_path):
         rgb = CLASS_RGB[CLASSES_NPE.index(n["class"]) - 1]
         line = next(ln for ln in text.splitlines() if ln.split()[0] == str(n["id"]))
         assert [int(v) for v in line.split()[1:4]] == list(rgb) and n["class"] in line
-    page = paths["qc_html"].read_text()
+    page = paths["qc_html"].read_text(encoding="utf-8")
     assert 'id="class-key"' in page and "class (voxel shares)" in page
     for c in CLASSES_NPE[1:]:
         assert c in page
