@@ -15,6 +15,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from conftest import SLOW
+
 import lnrt
 from lnrt.device import CPU
 from lnrt.imageio import ScanInfo
@@ -74,7 +76,7 @@ def _assert_parity(cpu, dev):
         assert a["class"] == b["class"] and a["recist"] == b["recist"]
 
 
-@pytest.mark.parametrize("seed", [20000, 20001])
+@pytest.mark.parametrize("seed", [20000, pytest.param(20001, marks=SLOW)])
 def test_device_pipeline_equals_the_cpu_pipeline_on_neck_phantoms(device, session, seed):
     """Held-out neck phantoms in their random storage orders and spacings (LPS, RAS, coronal and sagittal
     stacks): the device run's label map, nodes and axes are the CPU run's."""

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("dynamic_network_architectures")
 
+from conftest import SLOW  # noqa: E402
 from lnrt.models import nnunet_folder as nf  # noqa: E402
 
 import lnrt  # noqa: E402
@@ -413,7 +414,7 @@ def run_tiles_and_reach(body: np.ndarray, patch) -> tuple:
     return run, len(every), whole[tuple(slice(0, n) for n in body.shape)]
 
 
-@pytest.mark.parametrize("case", ["phantom", "pt_1"])
+@pytest.mark.parametrize("case", [pytest.param("phantom", marks=SLOW), "pt_1"])
 def test_whole_scan_tiling_skips_air_tiles_and_keeps_nnunets_voxels(tmp_path, case):
     """InstanceNorm packages run only the tiles of nnU-Net's grid that hold body (issue 22). Where every
     tile nnU-Net runs over a voxel also ran (all of the body, and the air near it) the voxels agree with
