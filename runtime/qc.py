@@ -431,7 +431,8 @@ def _node_figure(ct_c: np.ndarray, lab_c: np.ndarray, can, node: dict):
     if node.get("instance_number") is not None:
         where += f", Instance {node['instance_number']}"
     side = node.get("side")
-    left = f"node {node['id']} · {node['recist']}" + (f" · {side}" if side else "")
+    cls = f" · {node['class']}" if class_index(node) is not None else ""  # a multi-class model's vote
+    left = f"node {node['id']}{cls} · {node['recist']}" + (f" · {side}" if side else "")
     img = _header(img, left, f"{where} · FOV {g['fov_mm']:g} mm", size=16)
     return img, boxes
 
