@@ -57,12 +57,31 @@ def coarsen(hu: np.ndarray, in_plane: float, thickness: float) -> np.ndarray:
 #   planning CTs often are (the body then ends in a flat cut face the network must not call a node);
 # - COARSE (of any kind): acquired at 1.5-4.5 mm in-plane and 2-5 mm slices, then resampled up.
 MIX = {"abdomen": 0.25, "context": 0.45, "coarse": 0.35}  # the default model's last phase (model card)
+# - ENLARGED (necks only, `--enlarged`): one to three enlarged nodes placed on purpose
+#   (`lnrt.models.neck.add_probe_node`): short axis 15-30 mm, cranio-caudal extent from round to 3.3x it
+#   (at most 50 mm), 20-60 HU, a necrotic core in one in three. Left to chance they rarely fit the
+#   generator's neck: 4.4 % of the training nodes were >= 15 mm and 7 of 3,663 were 15-18 mm wide and
+#   >= 30 mm long, the family the default model 1.2 marks as slivers (issue 19, model card).
+ENLARGED_SHORT_MM, ENLARGED_CC_MM, ENLARGED_HU = (15.0, 30.0), 50.0, (20.0, 60.0)
+
+
+def add_enlarged_nodes(spec, rng: np.random.Generator) -> int:
+    """One to three enlarged nodes (see ENLARGED) added to a neck phantom's spec; returns how many fit."""
+    from .neck import add_probe_node
+
+    added = 0
+    for _ in range(int(rng.integers(1, 4))):
+        short = float(rng.uniform(*ENLARGED_SHORT_MM))
+        cc = float(min(ENLARGED_CC_MM, short * rng.uniform(1.0, 3.3)))
+        necrosis = float(rng.uniform(0.35, 0.6)) if rng.random() < 1 / 3 else 0.0
+        added += add_probe_node(spec, rng, short, cc, float(rng.uniform(*ENLARGED_HU)), necrosis) is not None
+    return added
 
 
 class PhantomPool:
     def __init__(self, size: int, seed0: int, rng: np.random.Generator, mix: dict | None = None):
         self.seed0, self.rng, self.next = seed0, rng, 0
-        self.mix = {"abdomen": 0.0, "context": 0.0, "coarse": 0.0} if mix is None else mix
+        self.mix = {"abdomen": 0.0, "context": 0.0, "coarse": 0.0, "enlarged": 0.0, **(mix or {})}
         self.items = [self._make() for _ in range(size)]
 
     def _make(self):
@@ -73,16 +92,22 @@ class PhantomPool:
         if u < self.mix["abdomen"]:
             hu, labels, _ = render_abdomen(make_abdomen(seed), SPACING)
         elif u < self.mix["abdomen"] + self.mix["context"]:
-            spec = make_spec(seed)
+            spec = self._neck(seed)
             hu, labels, _ = render(spec, SPACING, context=make_context(spec, seed))
         else:
             pad = float(self.rng.uniform(6, 30)) if self.rng.random() < 1 / 3 else 0.0
-            hu, labels, _ = render(make_spec(seed), SPACING, pad_z=pad)
+            hu, labels, _ = render(self._neck(seed), SPACING, pad_z=pad)
         if self.rng.random() < self.mix["coarse"]:
             hu = coarsen(hu, float(self.rng.uniform(1.5, 4.5)), float(self.rng.uniform(2.0, 5.0)))
         nodes = np.argwhere(labels > 0)
         body = np.argwhere(hu[:, ::8, ::8] > -500) * np.array([1, 8, 8])
         return hu, labels, nodes, body
+
+    def _neck(self, seed: int):
+        spec = make_spec(seed)
+        if self.rng.random() < self.mix["enlarged"]:
+            add_enlarged_nodes(spec, self.rng)
+        return spec
 
     def refresh(self, n: int):
         for _ in range(n):
@@ -183,7 +208,8 @@ def train(args):
         rng = np.random.default_rng(args.seed + start)
         torch.manual_seed(args.seed + start)
     (out / "config.json").write_text(json.dumps({"unet": cfg.to_dict(), "args": vars(args)}, indent=2))
-    mix = dict(zip(("abdomen", "context", "coarse"), getattr(args, "mix", (0.0, 0.0, 0.0))))
+    mix = dict(zip(("abdomen", "context", "coarse"), getattr(args, "mix", (0.0, 0.0, 0.0))),
+               enlarged=getattr(args, "enlarged", 0.0))
     pool = PhantomPool(args.pool, TRAIN_SEED0 + 100_000 * (start // 100_000) + start, rng, mix)
     val = [render(make_spec(VAL_SEED0 + i), SPACING)[:2] for i in range(args.val_count)]
     log = open(out / "train_log.jsonl", "a")
@@ -254,6 +280,8 @@ def main():
     ap.add_argument("--mix", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("ABDOMEN", "CONTEXT", "COARSE"),
                     help="shares of abdomen phantoms, necks with head and shoulders, and coarse scans in the "
                          f"pool (0 0 0: the neck alone; the default model's last phase used {' '.join(map(str, MIX.values()))})")
+    ap.add_argument("--enlarged", type=float, default=0.0,
+                    help="share of neck phantoms given 1-3 enlarged nodes on purpose (15-30 mm, up to 50 mm long)")
     ap.add_argument("--package", default=None, help="after training, write a model package here")
     ap.add_argument("--package-only", action="store_true", help="package the checkpoint, no training")
     args = ap.parse_args()

@@ -174,6 +174,28 @@ def test_phantom_pool_mixes_abdomens_and_context_as_asked():
     assert len(ctx.items[0][2]) > 0  # the neck keeps its nodes
 
 
+def test_enlarged_nodes_are_placed_on_purpose():
+    """Issue 19: enlarged (and elongated) nodes rarely fit by chance, so `--enlarged` places them."""
+    from lnrt.models.neck import make_spec
+    from lnrt.models.train import ENLARGED_CC_MM, ENLARGED_SHORT_MM, add_enlarged_nodes
+
+    rng = np.random.default_rng(5)
+    before = after = added = long_ones = 0
+    for seed in range(1000, 1020):
+        spec = make_spec(seed)
+        before += sum(n.short_axis_mm >= 15 for n in spec.nodes)
+        k = add_enlarged_nodes(spec, rng)
+        new = spec.nodes[len(spec.nodes) - k:]
+        for n in new:
+            cc = 2 * n.axes[2]
+            assert ENLARGED_SHORT_MM[0] <= n.short_axis_mm <= ENLARGED_SHORT_MM[1] + 1e-9
+            assert n.short_axis_mm - 1e-9 <= cc <= ENLARGED_CC_MM + 1e-9
+            long_ones += cc >= 30
+        added += k
+        after += sum(n.short_axis_mm >= 15 for n in spec.nodes)
+    assert after == before + added and added >= 20 and long_ones >= 5, (before, added, long_ones)
+
+
 def test_activation_noise_acts_only_in_training():
     from lnrt.models.train import add_activation_noise
     from lnrt.models.unet import EDGE, UNet
