@@ -71,11 +71,11 @@ def iter_calibration_tiles(session, volumes, per_volume: int = 6, seed: int = 0)
         x = padded_input(session, vol)
         if x is None:
             continue
-        hi = np.array(x.shape) - patch
+        hi = np.array(x.shape[1:]) - patch
         for _ in range(per_volume):
             start = [int(rng.integers(0, h + 1)) for h in hi]
-            tile = x[tuple(slice(a, a + p) for a, p in zip(start, patch))]
-            yield np.ascontiguousarray(tile[None, None], dtype=np.float32)
+            tile = x[(slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, patch))]
+            yield np.ascontiguousarray(tile[None], dtype=np.float32)
 
 
 def calibration_tiles(session, volumes, per_volume: int = 6, seed: int = 0) -> list:
