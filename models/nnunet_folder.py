@@ -46,15 +46,16 @@ PROPS = {"max": 1800.0, "mean": 60.0, "median": 55.0, "min": -1000.0, "percentil
 
 
 def plans(transpose=(0, 1, 2), shape: Shape = SMALL, configuration: str = "3d_fullres",
-          lowres: Shape = LOWRES) -> dict:
+          lowres: Shape = LOWRES, data_order: int = 3) -> dict:
     """plans.json with one configuration: "3d_fullres" or "3d_lowres" (3D, the shape's spacing and
     patch), or "2d" (the shape's in-plane spacing and patch; nnU-Net slices along the transposed first
     axis, so `transpose` must keep axis 0 first for lnrt). "3d_cascade_fullres" gives the three
     configurations of a cascade: 3d_fullres (`shape`), 3d_lowres (`lowres`) and the cascade inheriting
-    from 3d_fullres, as nnU-Net's planner writes them."""
+    from 3d_fullres, as nnU-Net's planner writes them. `data_order` is the CT's resampling order
+    (nnU-Net's default 3, third-order splines; 1 resamples linearly, as lnrt does)."""
     if configuration == CASCADE:
-        p = plans(transpose, shape, "3d_fullres")
-        low = _configuration(transpose, lowres, "3d_lowres")
+        p = plans(transpose, shape, "3d_fullres", data_order=data_order)
+        low = _configuration(transpose, lowres, "3d_lowres", data_order)
         low["next_stage"] = CASCADE
         p["configurations"].update({"3d_lowres": low, CASCADE: {"inherits_from": "3d_fullres",
                                                                 "previous_stage": "3d_lowres"}})
@@ -64,12 +65,12 @@ def plans(transpose=(0, 1, 2), shape: Shape = SMALL, configuration: str = "3d_fu
             "original_median_spacing_after_transp": [shape.spacing[a] for a in transpose],
             "original_median_shape_after_transp": [64, 128, 128], "image_reader_writer": "SimpleITKIO",
             "transpose_forward": list(transpose), "transpose_backward": back,
-            "configurations": {configuration: _configuration(transpose, shape, configuration)},
+            "configurations": {configuration: _configuration(transpose, shape, configuration, data_order)},
             "experiment_planner_used": "ExperimentPlanner",
             "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {"0": PROPS}}
 
 
-def _configuration(transpose, shape: Shape, configuration: str) -> dict:
+def _configuration(transpose, shape: Shape, configuration: str, data_order: int = 3) -> dict:
     n, spacing, patch = len(shape.features), list(shape.spacing), list(shape.patch)
     d = 2 if configuration == "2d" else 3
     arch = {
@@ -90,7 +91,7 @@ def _configuration(transpose, shape: Shape, configuration: str) -> dict:
         "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": data_order, "order_z": 0, "force_separate_z": None},
         "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
@@ -151,7 +152,7 @@ def dataset() -> dict:
 
 def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None,
                 shape: Shape = SMALL, foreground: float = 1 / 3, configuration: str = "3d_fullres",
-                lowres: Shape = LOWRES, probe_seg=None) -> Path:
+                lowres: Shape = LOWRES, probe_seg=None, data_order: int = 3) -> Path:
     """Write the folder; `probe` ((z, y, x) HU array, at least a patch) calibrates the head bias so that
     the share `foreground` of its first patch is foreground (for a cascade with `probe_seg`, the
     previous stage's labels on the probe's grid, as its mask channels)."""
@@ -161,7 +162,7 @@ def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, prob
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    p = plans(transpose, shape, configuration, lowres)
+    p = plans(transpose, shape, configuration, lowres, data_order)
     (root / "plans.json").write_text(json.dumps(p, indent=1))
     (root / "dataset.json").write_text(json.dumps(dataset(), indent=1))
     cfg = resolved(p, configuration)
@@ -189,15 +190,17 @@ def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, prob
 
 
 def make_cascade(dataset_dir: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None,
-                 shape: Shape = SMALL, lowres: Shape = LOWRES, foreground: float = 1 / 3) -> tuple:
+                 shape: Shape = SMALL, lowres: Shape = LOWRES, foreground: float = 1 / 3,
+                 data_order: int = 3) -> tuple:
     """(low-res folder, cascade folder): nnU-Net's two results folders of a cascade in `dataset_dir`,
     named Trainer__Plans__configuration, each with the same plans.json (all three configurations). The
     low-res head is calibrated on `probe` taken every second voxel (about its coarser grid)."""
     dataset_dir = Path(dataset_dir)
     name = "nnUNetTrainer__nnUNetPlans__"
     low = make_folder(dataset_dir / f"{name}3d_lowres", folds, transpose, seed + 100,
-                      None if probe is None else probe[::2, ::2, ::2], lowres, foreground, "3d_lowres", lowres)
+                      None if probe is None else probe[::2, ::2, ::2], lowres, foreground, "3d_lowres", lowres,
+                      data_order=data_order)
     cascade = make_folder(dataset_dir / f"{name}{CASCADE}", folds, transpose, seed, probe, shape, foreground,
-                          CASCADE, lowres)
+                          CASCADE, lowres, data_order=data_order)
     (low / "plans.json").write_text((cascade / "plans.json").read_text())
     return low, cascade
