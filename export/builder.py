@@ -35,8 +35,6 @@ ARGMAX_DICE_MIN = 0.999
 SLICE_BATCH = 16
 # A cascade's first stage lives in this folder of its package (input.previous_stage.package)
 PREVIOUS_STAGE_DIR = "previous_stage"
-CASCADE_VARIANTS = ("lnrt's parity gates and INT8 calibration are not yet validated on a cascade's mask "
-                    "channels (its first stage's package included)")
 
 
 def check_input_kind(kind: str, context: int, patch_zyx, spacing_zyx) -> str:
@@ -66,7 +64,9 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
                   batch_size: int | None = None, previous_stage: tuple | None = None) -> Path:
     """`previous_stage` = (a finished lnrt package folder, its labels fed as masks) makes a cascade: the
     first stage's package is copied whole into the new package's `previous_stage/` and pinned by its
-    sha256 in the manifest, and `module` takes 1 + len(labels) input channels."""
+    sha256 in the manifest, and `module` takes 1 + len(labels) input channels. Precision variants are
+    the second stage's: their gates and INT8 calibration run whole cascade sessions (tiles with the mask
+    channels), the first stage staying fp32."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise LnrtError(f"{out}: already exists; expected a new folder (or --overwrite)")
@@ -103,12 +103,7 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
                             f"< {ARGMAX_DICE_MIN}, max logit difference {parity['max_abs_logit_diff']:.3g}")
         manifest["provenance"]["export"] = check
         write_manifest(stage, manifest)
-        if variants and prev:  # the gates and the INT8 calibration run single-stage sessions
-            log.warning("precision variants (%s) are not made for a cascade: %s; the package has fp32 only",
-                        ", ".join(variants), CASCADE_VARIANTS)
-            manifest["provenance"]["export"]["variants_skipped"] = CASCADE_VARIANTS
-            write_manifest(stage, manifest)
-        elif variants:
+        if variants:  # a cascade's are of its second stage, gated through both stages (the first in fp32)
             from .variants import add_variants
             add_variants(stage, variants, calib=calib, keep=keep, force=force, threads=threads, progress=progress)
         if out.exists() and not out.is_dir():

@@ -177,6 +177,9 @@ def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path
     manifest = json.loads(json.dumps(pkg.manifest))
     shutil.copyfile(pkg.onnx_path("fp32"), tmp / VARIANT_FILES["fp32"])
     (tmp / VARIANT_FILES[variant]).write_bytes(model_bytes)
+    previous = manifest["input"].get("previous_stage")
+    if previous:  # a cascade: its first stage (fp32, pinned by sha256) comes along unchanged
+        shutil.copytree(pkg.path / previous["package"], tmp / previous["package"])
     manifest["files"] = {VARIANT_FILES["fp32"]: {}, VARIANT_FILES[variant]: {}}
     # the candidate is a new file: verdicts recorded for the package's earlier one do not apply to it
     # (they would make Session refuse the backend being gated)

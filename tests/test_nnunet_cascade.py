@@ -172,14 +172,11 @@ def test_cascade_export_refusals_and_the_previous_stage_option(tmp_path, untrain
     assert not out.exists() and not list(tmp_path.glob(".pkg*"))
     with pytest.raises(LnrtError, match="has no previous_stage; expected --previous-stage only for a cascade"):
         import_nnunet(moved, out, previous_stage=moved)
-    # the first stage given explicitly, the default variants asked for: fp32 only, said why
-    assert main(["export", "nnunet", str(cascade), str(out), "--previous-stage", str(moved)]) == 0
-    err = capfd.readouterr().err
-    assert "precision variants (fp16, int8) are not made for a cascade" in err
+    # the first stage given explicitly
+    assert main(["export", "nnunet", str(cascade), str(out), "--previous-stage", str(moved), "--variants", ""]) == 0
+    capfd.readouterr()
     pkg = ModelPackage.load(out)
-    assert pkg.variants() == ["fp32"] and pkg.previous_stage.variants() == ["fp32"]
     assert pkg.manifest["provenance"]["imported_from"]["previous_stage"]["folder"] == str(moved)
-    assert "variants_skipped" in pkg.manifest["provenance"]["export"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".pkg.lock", "pkg"]  # no temporary left
 
     # a nested package that is missing, or changed after the cascade was sealed, or a channel count that
@@ -210,6 +207,23 @@ def test_cascade_export_refusals_and_the_previous_stage_option(tmp_path, untrain
     line = _one_error_line(capfd)
     assert "input.channels is 3; expected 2 for a cascade" in line and str(bad / MANIFEST) in line
     assert (bad / "lnrt.json.sha256").read_text() == before  # nothing half-written
+
+
+def test_cascade_variants_are_gated_through_both_stages(tmp_path, untrained):
+    """An fp16 variant of the second stage, its gate run on whole cascade sessions (tiles with the mask
+    channel), written or not as the gate says (this random network's nodes are noise); the first stage
+    stays fp32."""
+    from lnrt.export.variants import add_variants
+
+    cascade, moved = untrained
+    out = import_nnunet(cascade, tmp_path / "pkg", previous_stage=moved)
+    add_variants(out, ("fp16",), n_gate=1, backends=("onnxruntime",))
+    gate = json.loads((out / "parity.fp16.json").read_text())
+    assert gate["tiles"]["count"] > 0 and gate["dice"] >= 0.99, gate
+    pkg = ModelPackage.load(out)
+    assert pkg.variants() == (["fp32", "fp16"] if gate["passed"] else ["fp32"])
+    assert pkg.previous_stage.variants() == ["fp32"]
+    assert pkg.previous_stage.package_sha256 == pkg.manifest["input"]["previous_stage"]["package_sha256"]
 
 
 def _manifest(**previous):
