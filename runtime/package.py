@@ -668,8 +668,8 @@ class ModelPackage:
 
     def check_model_io(self, variant: str = "fp32") -> None:
         """The ONNX model's declared input and output against the manifest, before a backend loads it: one
-        input (batch, channels, *patch_size_zyx) (channels 1, or a cascade's 1 + its masks) and a first output (batch, len(classes), *patch) wherever the model
-        gives a number (a symbolic batch is fine). A third class name on a two-channel model, or a patch the
+        input (batch, channels, *patch_size_zyx) (channels 1, or a cascade's 1 + its masks) and a first
+        output (batch, len(classes), *patch) wherever the model gives a number (a symbolic batch is fine). A third class name on a two-channel model, or a patch the
         network was not exported for, would otherwise run, or fail inside the backend."""
         from .onnxproto import ProtoError, io_shapes_of
 

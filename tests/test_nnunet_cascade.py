@@ -37,7 +37,7 @@ from lnrt.errors import LnrtError  # noqa: E402
 from lnrt.export.nnunet import import_nnunet  # noqa: E402
 from lnrt.models import nnunet_folder as nf  # noqa: E402
 from lnrt.models.neck import make_spec, render  # noqa: E402
-from lnrt.package import MANIFEST, ModelPackage, check_manifest, make_manifest, seal  # noqa: E402
+from lnrt.package import MANIFEST, ModelPackage, check_manifest, make_manifest, seal, write_manifest  # noqa: E402
 from lnrt.volume import Volume  # noqa: E402
 
 CLIP = (-150.0, 500.0)  # nf.PROPS' percentile_00_5 and percentile_99_5
@@ -207,6 +207,17 @@ def test_cascade_export_refusals_and_the_previous_stage_option(tmp_path, untrain
     line = _one_error_line(capfd)
     assert "input.channels is 3; expected 2 for a cascade" in line and str(bad / MANIFEST) in line
     assert (bad / "lnrt.json.sha256").read_text() == before  # nothing half-written
+    # a consistent, sealed manifest whose network takes one channel (the first stage's): refused on load
+    # into a session, before a backend sees it
+    shutil.rmtree(bad)
+    shutil.copytree(out, bad)
+    shutil.copyfile(bad / "previous_stage" / "model.onnx", bad / "model.onnx")
+    m = json.loads((bad / MANIFEST).read_text())
+    m["input"]["patch_size_zyx"] = pkg.previous_stage.manifest["input"]["patch_size_zyx"]
+    write_manifest(bad, m)
+    with pytest.raises(LnrtError, match=r"the model's input 'image' is \['batch', 1, 16, 32, 32\], where .*"
+                                        r"input.channels.* asks for \['batch', 2, 16, 32, 32\]"):
+        lnrt.Session(bad)
 
 
 def test_cascade_variants_are_gated_through_both_stages(tmp_path, untrained):
