@@ -57,10 +57,12 @@ class Prepared:
 
 @dataclass(frozen=True)
 class PreviousStage:
-    """A cascade's first stage as its session holds it: its own configuration and backend."""
+    """A cascade's first stage as its session holds it: its own configuration, backend and CPU fallback
+    (out of device memory its window falls back as the second stage's does)."""
 
     config: RunConfig
     backend: object
+    fallback: Callable | None = None
 
 
 @dataclass
@@ -156,7 +158,8 @@ def previous_stage(scan: Scan, dev: Device) -> None:
     of every canonical native voxel kept as `scan.previous_seg` (background where restore found no
     candidate). Its stages' times are this scan's `previous_stage_<stage>` timings; its warnings are
     this scan's, prefixed."""
-    first = Scan(scan.vol, scan.info, scan.previous.config, scan.orient, scan.previous.backend,
+    ps = scan.previous
+    first = Scan(scan.vol, scan.info, ps.config, scan.orient, ps.backend, fallback=ps.fallback,
                  progress=scan.progress and (lambda st, d, t: scan.progress(f"first stage {st}", d, t)))
     run_stages(first, dev, FIRST_STAGES)
     scan.timings.update({f"previous_stage_{k}": v for k, v in first.timings.items()})

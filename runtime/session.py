@@ -286,9 +286,20 @@ class Session:
     def _scan(self, vol: Volume, info: ScanInfo, progress, timings: dict, backend, device, warnings=None) -> Scan:
         warnings = [] if warnings is None else warnings
         fallback = self._cpu_fallback if device.kind != "cpu" or self.backend_device != "cpu" else None
-        previous = None if self.previous is None else PreviousStage(self.previous.config, self.previous.backend)
         return Scan(vol, info, self.config, orientation(vol, info.path, warnings), backend, progress, fallback,
-                    warnings, timings, previous)
+                    warnings, timings, self._previous_stage(device))
+
+    def _previous_stage(self, device) -> PreviousStage | None:
+        """A cascade's first stage for a scan on `device`: its session's backend, or its CPU backend when the
+        scan runs again on the CPU (after the GPU ran out of memory)."""
+        prev = self.previous
+        if prev is None:
+            return None
+        on_cpu = device.kind == "cpu" and prev.device.kind != "cpu"
+        fallback = prev._cpu_fallback if device.kind != "cpu" or prev.backend_device != "cpu" else None
+        if on_cpu:
+            return PreviousStage(prev.config, prev._cpu_fallback())
+        return PreviousStage(prev.config, prev.backend, fallback)
 
     def _again_on_the_cpu(self, ctx: Scan, exc: Exception, spent_s: float) -> Scan:
         """After `exc` in a stage on a GPU: when it is the GPU's memory (CuPy's OutOfMemoryError is a
