@@ -144,13 +144,31 @@ def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig, dev: Device
 
 
 def mask_channels(seg, labels: tuple, native: Grid, dst: Grid, dev: Device = CPU) -> np.ndarray:
-    """(len(labels), z, y, x) float32 on `dst`: each label's one-hot mask of `seg` (on `native`)
-    resampled linearly and kept where >= 0.5, 1.0 inside and 0.0 outside, as nnU-Net resamples a
-    previous stage's segmentation (`resample_data_or_seg` with is_seg, order 1) before
-    `convert_labelmap_to_one_hot`. Outside the scan the edge value is kept (nnU-Net's mode "edge")."""
-    out = [resample((seg == lab).astype(np.float32), native, dst, linear=True, default=0.0, dev=dev) >= 0.5
-           for lab in labels]
-    return dev.xp.stack(out).astype(np.float32)
+    """(len(labels), z, y, x) float32 on `dst`: one-hot masks (1.0 / 0.0) of `seg` (on `native`)
+    resampled as nnU-Net resamples a previous stage's segmentation (`resample_data_or_seg` with is_seg,
+    order 1, then `convert_labelmap_to_one_hot`): each present label's indicator interpolated linearly,
+    the largest wins, and an exact tie goes to the nearest neighbour's label when it is among the tied
+    (batchgenerators' `resize_segmentation`; before its 0.25.5 a label won where its indicator reached
+    0.5, the same wherever only two labels meet, up to those exact ties). Outside the scan the edge
+    value is kept (nnU-Net's mode "edge")."""
+    xp = dev.xp
+    if native == dst:
+        return xp.stack([seg == lab for lab in labels]).astype(np.float32)
+    present = [int(v) for v in dev.to_host(xp.unique(seg))]
+    nearest = resample(seg, native, dst, linear=False, dev=dev)
+    best = win = at_nearest = None
+    for lab in present:
+        score = resample((seg == lab).astype(np.float32), native, dst, linear=True, dev=dev)
+        if best is None:
+            best, win, at_nearest = score, xp.full(score.shape, lab, np.int32), xp.zeros_like(score)
+        else:
+            better = score > best
+            win[better] = lab
+            xp.maximum(best, score, out=best)
+        at_nearest = xp.where(nearest == lab, score, at_nearest)
+    tie = (at_nearest == best) & (best > 0)
+    win[tie] = nearest[tie].astype(np.int32)
+    return xp.stack([win == lab for lab in labels]).astype(np.float32)
 
 
 def previous_stage(scan: Scan, dev: Device) -> None:

@@ -140,6 +140,31 @@ def test_cascade_first_stage_matches_on_a_clip_range_phantom(tmp_path, phantom, 
     assert stage1 >= 0.99, stage1
 
 
+@pytest.mark.parametrize("spacing,target", [((3.0, 2.0, 2.0), (2.0, 1.5, 1.5)),   # a non-integer ratio
+                                            ((2.0, 1.5, 1.5), (4.0, 3.0, 3.0)),   # down by 2: exact ties
+                                            ((4.0, 3.0, 3.0), (2.0, 1.5, 1.5))])  # up by 2
+def test_mask_channels_are_nnunets_seg_resampling(spacing, target):
+    """Three labels (more than two meet, so a threshold at 0.5 would differ): lnrt's mask channels are
+    voxel for voxel nnU-Net's `resample_data_or_seg_to_shape(is_seg=True, order=1)` + one-hot. The
+    parity tests above run the scan at the second stage's spacing, where this resampling is the identity."""
+    from scipy.ndimage import gaussian_filter
+
+    resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
+    from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
+
+    from lnrt.preprocess import Grid, model_grid
+
+    f = gaussian_filter(np.random.default_rng(0).normal(size=(20, 30, 40)), 2)
+    seg = np.digitize(f, np.quantile(f, [0.6, 0.85])).astype(np.int16)
+    shape = resampling.compute_new_shape(seg.shape, spacing, target)
+    theirs = resampling.resample_data_or_seg_to_shape(seg[None], shape, spacing, target, is_seg=True, order=1,
+                                                      order_z=0, force_separate_z=None)[0]
+    native = Grid(seg.shape, spacing)
+    ours = pipeline.mask_channels(seg, (1, 2), native, model_grid(native, target))
+    assert ours.shape == (2, *shape) and 0.05 < ours.mean() < 0.5
+    assert np.array_equal(ours, convert_labelmap_to_one_hot(theirs, [1, 2]).astype(np.float32))
+
+
 # --- refusals -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
