@@ -154,6 +154,9 @@ def mask_channels(seg, labels: tuple, native: Grid, dst: Grid, dev: Device = CPU
     xp = dev.xp
     if native == dst:
         return xp.stack([seg == lab for lab in labels]).astype(np.float32)
+    # only the native voxels `dst` interpolates from (its extent and one voxel around), not the whole scan
+    region = tuple((max(0, lo - 1), min(n, hi + 1)) for (lo, hi), n in zip(native_region(native, dst), native.shape))
+    seg, native = seg[box_slices(region)], native.crop(region)
     present = [int(v) for v in dev.to_host(xp.unique(seg))]
     nearest = resample(seg, native, dst, linear=False, dev=dev)
     best = win = at_nearest = None

@@ -160,9 +160,13 @@ def test_mask_channels_are_nnunets_seg_resampling(spacing, target):
     theirs = resampling.resample_data_or_seg_to_shape(seg[None], shape, spacing, target, is_seg=True, order=1,
                                                       order_z=0, force_separate_z=None)[0]
     native = Grid(seg.shape, spacing)
-    ours = pipeline.mask_channels(seg, (1, 2), native, model_grid(native, target))
+    grid = model_grid(native, target)
+    ours = pipeline.mask_channels(seg, (1, 2), native, grid)
     assert ours.shape == (2, *shape) and 0.05 < ours.mean() < 0.5
     assert np.array_equal(ours, convert_labelmap_to_one_hot(theirs, [1, 2]).astype(np.float32))
+    box = ((2, shape[0] - 3), (1, shape[1] // 2), (shape[2] // 3, shape[2]))  # a body box: only its voxels
+    inside = pipeline.mask_channels(seg, (1, 2), native, grid.crop(box))
+    assert np.array_equal(inside, ours[(slice(None),) + tuple(slice(a, b) for a, b in box)])
 
 
 # --- refusals -------------------------------------------------------------------------------------
