@@ -17,6 +17,12 @@ What is read and how it maps (nnU-Net v2 file formats, as its predictor reads th
   `--tta`). Several folds are exported as one ONNX graph that averages their logits, which is what
   nnU-Net's predictor does.
 - The sliding window keeps nnU-Net's defaults: step 0.5 of the patch, Gaussian sigma 1/8.
+- A cascade (`3d_cascade_fullres`: a configuration with `previous_stage`, inheriting from 3d_fullres) is
+  exported with its first stage: the folder `Trainer__Plans__<previous_stage>` beside it (nnU-Net's
+  layout) or `previous_stage=`/`--previous-stage`, same folds, same labels, itself imported under every
+  rule here and nested whole in the package (`input.previous_stage`, pinned by its sha256). Its network
+  takes 1 + n_foreground channels (nnU-Net's `determine_num_input_channels`); the dataset's own image
+  channels must still be one CT.
 Things lnrt does differently and says so in the manifest: it reads scans into LPS order (nnU-Net uses
 the stored array order, the same for LPS-stored scans) and resamples with linear interpolation (nnU-Net:
 third-order splines). Tiles that hold no body voxel are not run. With InstanceNorm a tile's output
