@@ -33,6 +33,8 @@ ARGMAX_DICE_MIN = 0.999
 # Slices per network call for 2D and 2.5D models: a slice is 1/48 of the default 3D tile, so two per call
 # would leave the backend idle between calls (benchmarks/slice_models.py measures the batch)
 SLICE_BATCH = 16
+# A cascade's first stage lives in this folder of its package (input.previous_stage.package)
+PREVIOUS_STAGE_DIR = "previous_stage"
 
 
 def check_input_kind(kind: str, context: int, patch_zyx, spacing_zyx) -> str:
@@ -59,7 +61,12 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
                   calib=None, keep=(), force: bool = False, overwrite: bool = False,
                   min_volume_mm3: float = 10.0, probe_volumes: int = 1, threads: int | None = None,
                   tiling: str = "body_box", input_kind: str = "3d", context_slices: int = 0,
-                  batch_size: int | None = None) -> Path:
+                  batch_size: int | None = None, previous_stage: tuple | None = None) -> Path:
+    """`previous_stage` = (a finished lnrt package folder, its labels fed as masks) makes a cascade: the
+    first stage's package is copied whole into the new package's `previous_stage/` and pinned by its
+    sha256 in the manifest, and `module` takes 1 + len(labels) input channels. Precision variants are
+    the second stage's: their gates and INT8 calibration run whole cascade sessions (tiles with the mask
+    channels), the first stage staying fp32."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise LnrtError(f"{out}: already exists; expected a new folder (or --overwrite)")
@@ -70,7 +77,9 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
         kind = check_input_kind(input_kind, context_slices, patch_zyx, spacing_zyx)
         net = first_output(slice_module(module) if kind != "3d" else module, transpose)
         pz, py, px = patch_zyx
-        model, check = export_module(net, (pz + 2 * context_slices, py, px))
+        prev = _nest_previous_stage(stage, previous_stage) if previous_stage else None
+        model, check = export_module(net, (pz + 2 * context_slices, py, px),
+                                     in_channels=1 + len(prev["labels"]) if prev else 1)
         (stage / "model.onnx").write_bytes(model.SerializeToString())
         progress(f"ONNX written ({(stage / 'model.onnx').stat().st_size / 1e6:.1f} MB); checking it against "
                  f"PyTorch on {probe_volumes} phantom(s)")
@@ -81,7 +90,7 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
         prov["export"] = check
         manifest = make_manifest(name, version, spacing_zyx, patch_zyx, normalization, prov,
                                  classes=classes, min_volume_mm3=min_volume_mm3, sliding_window=sw,
-                                 input_kind=kind, context_slices=context_slices)
+                                 input_kind=kind, context_slices=context_slices, previous_stage=prev)
         if tiling != "body_box":  # see lnrt.preprocess.BodyCropConfig
             manifest["body_crop"] = {**manifest["body_crop"], "tiling": tiling}
         write_manifest(stage, manifest)
@@ -94,7 +103,7 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
                             f"< {ARGMAX_DICE_MIN}, max logit difference {parity['max_abs_logit_diff']:.3g}")
         manifest["provenance"]["export"] = check
         write_manifest(stage, manifest)
-        if variants:
+        if variants:  # a cascade's are of its second stage, gated through both stages (the first in fp32)
             from .variants import add_variants
             add_variants(stage, variants, calib=calib, keep=keep, force=force, threads=threads, progress=progress)
         if out.exists() and not out.is_dir():
@@ -105,6 +114,17 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
         shutil.rmtree(stage, ignore_errors=True)
         os.close(lock)
     return out
+
+
+def _nest_previous_stage(stage: Path, previous_stage: tuple) -> dict:
+    """Copy the first stage's package into `stage/previous_stage` and return the manifest's
+    `input.previous_stage` for it (its sha256 as loaded and verified from the copy)."""
+    src, labels = previous_stage
+    dst = stage / PREVIOUS_STAGE_DIR
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("parity.*.json"))
+    first = ModelPackage.load(dst)
+    return {"package": PREVIOUS_STAGE_DIR, "package_sha256": first.package_sha256,
+            "labels": [int(v) for v in labels]}
 
 
 def _staging(out: Path) -> tuple:

@@ -71,11 +71,11 @@ def iter_calibration_tiles(session, volumes, per_volume: int = 6, seed: int = 0)
         x = padded_input(session, vol)
         if x is None:
             continue
-        hi = np.array(x.shape) - patch
+        hi = np.array(x.shape[1:]) - patch
         for _ in range(per_volume):
             start = [int(rng.integers(0, h + 1)) for h in hi]
-            tile = x[tuple(slice(a, a + p) for a, p in zip(start, patch))]
-            yield np.ascontiguousarray(tile[None, None], dtype=np.float32)
+            tile = x[(slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, patch))]
+            yield np.ascontiguousarray(tile[None], dtype=np.float32)
 
 
 def calibration_tiles(session, volumes, per_volume: int = 6, seed: int = 0) -> list:
@@ -177,6 +177,9 @@ def _temp_package(pkg: ModelPackage, variant: str, model_bytes: bytes, tmp: Path
     manifest = json.loads(json.dumps(pkg.manifest))
     shutil.copyfile(pkg.onnx_path("fp32"), tmp / VARIANT_FILES["fp32"])
     (tmp / VARIANT_FILES[variant]).write_bytes(model_bytes)
+    previous = manifest["input"].get("previous_stage")
+    if previous:  # a cascade: its first stage (fp32, pinned by sha256) comes along unchanged
+        shutil.copytree(pkg.path / previous["package"], tmp / previous["package"])
     manifest["files"] = {VARIANT_FILES["fp32"]: {}, VARIANT_FILES[variant]: {}}
     # the candidate is a new file: verdicts recorded for the package's earlier one do not apply to it
     # (they would make Session refuse the backend being gated)

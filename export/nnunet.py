@@ -17,6 +17,12 @@ What is read and how it maps (nnU-Net v2 file formats, as its predictor reads th
   `--tta`). Several folds are exported as one ONNX graph that averages their logits, which is what
   nnU-Net's predictor does.
 - The sliding window keeps nnU-Net's defaults: step 0.5 of the patch, Gaussian sigma 1/8.
+- A cascade (`3d_cascade_fullres`: a configuration with `previous_stage`, inheriting from 3d_fullres) is
+  exported with its first stage: the folder `Trainer__Plans__<previous_stage>` beside it (nnU-Net's
+  layout) or `previous_stage=`/`--previous-stage`, same folds, same labels, itself imported under every
+  rule here and nested whole in the package (`input.previous_stage`, pinned by its sha256). Its network
+  takes 1 + n_foreground channels (nnU-Net's `determine_num_input_channels`); the dataset's own image
+  channels must still be one CT.
 Things lnrt does differently and says so in the manifest: it reads scans into LPS order (nnU-Net uses
 the stored array order, the same for LPS-stored scans) and resamples with linear interpolation (nnU-Net:
 third-order splines). Tiles that hold no body voxel are not run. With InstanceNorm a tile's output
@@ -351,23 +357,69 @@ def _check_fields_early(info: dict, fields: dict, name, version: str) -> None:
     check_manifest(provisional, f"{info['folder'] / 'plans.json'}, as the manifest would hold it", files=False)
 
 
+def previous_stage_folder(info: dict, given=None) -> Path | None:
+    """The results folder of a cascade's first stage (None: the configuration is not a cascade): `given`,
+    or nnU-Net's layout, the sibling `Trainer__Plans__<previous_stage>` in the same dataset folder."""
+    prev = info["config"].get("previous_stage")
+    if prev is None:
+        if given is not None:
+            raise LnrtError(f"{info['folder'] / 'plans.json'}: configuration {info['configuration']!r} has no "
+                            "previous_stage; expected --previous-stage only for a cascade (3d_cascade_fullres)")
+        return None
+    key = f"configurations.{info['configuration']}.previous_stage"
+    src = f"{info['folder'] / 'plans.json'}: {key}"
+    if not isinstance(prev, str) or prev not in info["plans"]["configurations"] or prev == info["configuration"]:
+        raise _refuse(str(info["folder"] / "plans.json"), key, prev, "another configuration of these plans")
+    if given is not None:
+        return Path(given)
+    parts = info["folder"].name.split("__")
+    if len(parts) != 3:
+        raise LnrtError(f"{src} is {prev!r}, and {info['folder'].name!r} is not named Trainer__Plans__"
+                        "configuration; expected the first stage's folder given with --previous-stage FOLDER")
+    sibling = info["folder"].parent / "__".join(parts[:2] + [prev])
+    if not sibling.is_dir():
+        raise LnrtError(f"{src} is {prev!r}, but {sibling} is not a folder; expected the first stage's results "
+                        "folder there (nnU-Net's layout), or given with --previous-stage FOLDER")
+    return sibling
+
+
+def _first_stage(info: dict, fields: dict, given, checkpoint: str) -> dict | None:
+    """The first stage's `read_folder` info, checked to be a single-stage model of the same labels."""
+    folder = previous_stage_folder(info, given)
+    if folder is None:
+        return None
+    prev = info["config"]["previous_stage"]
+    first = read_folder(folder, prev, info["folds"], checkpoint)
+    if "previous_stage" in first["config"]:
+        raise LnrtError(f"{folder / 'plans.json'}: configuration {prev!r} is itself a cascade stage; expected "
+                        "the low-res first stage (nnU-Net's cascades have two stages)")
+    theirs = manifest_fields(first)
+    if theirs["classes"] != fields["classes"]:
+        raise LnrtError(f"{folder / 'dataset.json'}: labels {theirs['classes']} differ from the cascade's "
+                        f"{fields['classes']}; expected both stages of one dataset")
+    return first
+
+
 def import_nnunet(folder, out, configuration: str | None = None, folds=None,
                   checkpoint: str = "checkpoint_final.pth", name: str | None = None, version: str = "1.0.0",
-                  **package_kwargs) -> Path:
-    """Write an lnrt package for an nnU-Net v2 model; see `lnrt.export.builder.build_package`."""
-    from .builder import build_package
-
+                  previous_stage=None, **package_kwargs) -> Path:
+    """Write an lnrt package for an nnU-Net v2 model; see `lnrt.export.builder.build_package`. A cascade
+    (a configuration with `previous_stage`, nnU-Net's 3d_cascade_fullres) also exports its first stage
+    (the folder `previous_stage`, default nnU-Net's sibling folder; the same folds) into the package."""
     info = read_folder(folder, configuration, folds, checkpoint)
     fields = manifest_fields(info)
     _check_fields_early(info, fields, name, version)
+    first = _first_stage(info, fields, previous_stage, checkpoint)
     arch = info["config"].get("architecture")
     where, key = info["folder"] / "plans.json", f"configurations.{info['configuration']}.architecture"
     if not arch:
         raise LnrtError(f"{where}: {key} is missing (plans from nnU-Net < 2.4); re-plan with a current nnU-Net")
     network_kwargs(arch, where, key)  # every allow-list check before any fold is built
+    # nnU-Net's determine_num_input_channels: a cascade's network also takes one mask per foreground label
+    labels = list(range(1, len(fields["classes"]))) if first else []
     nets = []
     for f, ckpt in zip(info["folds"], info["checkpoints"]):
-        net = build_network(arch, 1, len(fields["classes"]), where, key)
+        net = build_network(arch, 1 + len(labels), len(fields["classes"]), where, key)
         try:
             net.load_state_dict(ckpt["network_weights"], strict=True)
         except RuntimeError as exc:
@@ -384,20 +436,57 @@ def import_nnunet(folder, out, configuration: str | None = None, folds=None,
                           "plans_name": info["plans"].get("plans_name"),
                           "network": arch.get("network_class_name"),
                           "transpose_forward": fields["transpose"],
-                          "allowed_mirroring_axes_zyx": fields["mirror_axes"]},
+                          "allowed_mirroring_axes_zyx": fields["mirror_axes"],
+                          **({"previous_stage": {"folder": str(first["folder"]),
+                                                 "configuration": first["configuration"],
+                                                 "folds": first["folds"]}} if first else {})},
         "differences_from_nnunet": ["scans are read in LPS order (nnU-Net: stored array order)",
                                     "resampling is linear (nnU-Net: third-order spline)",
                                     "tiles without body are skipped (with instance normalization at "
                                     "nnU-Net's own tile positions over the whole scan, since a tile's "
-                                    "output depends on its own statistics; without it over the body's box)"],
+                                    "output depends on its own statistics; without it over the body's box)"]
+        + ([CASCADE_DIFFERENCE] if first else []),
     }
+    if first is None:
+        return _build(info, fields, arch, module, out, name, version, provenance, None, **package_kwargs)
+    return _build_cascade(info, fields, arch, module, out, name, version, provenance, first, labels,
+                          checkpoint, **package_kwargs)
+
+
+# What a cascade's first stage does differently in lnrt (besides what every imported model does)
+CASCADE_DIFFERENCE = ("the first stage's segmentation is brought back to the scan's grid by interpolating "
+                      "its probabilities, then argmax (nnU-Net interpolates its logits), and only where a "
+                      "voxel can be foreground; its tiles without body are skipped too")
+
+
+def _build_cascade(info, fields, arch, module, out, name, version, provenance, first, labels, checkpoint,
+                   **package_kwargs) -> Path:
+    """The first stage exported (fp32) into a temporary folder beside `out`, then the cascade with it
+    nested; nothing is left behind when either fails."""
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not package_kwargs.get("overwrite"):
+        raise LnrtError(f"{out}: already exists; expected a new folder (or --overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.first.") as tmp:
+        kw = {k: package_kwargs[k] for k in ("threads", "force") if k in package_kwargs}
+        pkg = import_nnunet(first["folder"], Path(tmp) / "pkg", configuration=first["configuration"],
+                            folds=first["folds"], checkpoint=checkpoint,
+                            name=f"{name}-previous-stage" if name else None, version=version, **kw)
+        return _build(info, fields, arch, module, out, name, version, provenance, (pkg, labels), **package_kwargs)
+
+
+def _build(info, fields, arch, module, out, name, version, provenance, previous, **package_kwargs) -> Path:
+    from .builder import build_package
+
     return build_package(
         module, out, name=name or f"nnunet-{info['plans'].get('dataset_name', 'model')}-{info['configuration']}",
         version=version, spacing_zyx=fields["spacing_zyx"], patch_zyx=fields["patch_zyx"],
         normalization=fields["normalization"], classes=fields["classes"], provenance=provenance,
         transpose=fields["transpose"], mirror_axes=fields["mirror_axes"], input_kind=fields["input_kind"],
         tiling=package_kwargs.pop("tiling", "whole_scan" if _has_instance_norm(arch) else "body_box"),
-        **package_kwargs)
+        previous_stage=previous, **package_kwargs)
 
 
 def _has_instance_norm(arch: dict) -> bool:

@@ -681,16 +681,19 @@ def export_torch(out, class_path, kwargs_json, weights, spacing, patch, input_ki
 @click.option("--folds", default=None, help="Comma list of folds (default: every fold with a checkpoint).")
 @click.option("--checkpoint", default="checkpoint_final.pth", show_default=True)
 @click.option("--name", default=None, help="Package name (default: from the dataset).")
+@click.option("--previous-stage", type=click.Path(), default=None,
+              help="A cascade's first-stage results folder (default: the sibling Trainer__Plans__3d_lowres).")
 @click.option("--overwrite", is_flag=True)
 @with_export
-def export_nnunet(folder, out, configuration, folds, checkpoint, name, overwrite, variants, calib, keep,
-                  force, threads):
-    """Import an nnU-Net v2 results FOLDER as an lnrt package OUT (folds averaged)."""
+def export_nnunet(folder, out, configuration, folds, checkpoint, name, previous_stage, overwrite, variants, calib,
+                  keep, force, threads):
+    """Import an nnU-Net v2 results FOLDER as an lnrt package OUT (folds averaged; a 3d_cascade_fullres
+    configuration with its first stage nested in the package)."""
     nn = _export_module("nnunet")
     path = nn.import_nnunet(folder, out, configuration=configuration,
                             folds=folds.split(",") if folds else None, checkpoint=checkpoint, name=name,
-                            variants=_variants(variants), calib=calib, keep=keep, force=force,
-                            overwrite=overwrite, threads=threads)
+                            previous_stage=previous_stage, variants=_variants(variants), calib=calib, keep=keep,
+                            force=force, overwrite=overwrite, threads=threads)
     _report_variants(path)
     click.echo(f"wrote {path}")
 

@@ -66,16 +66,18 @@ def tile_parity(ref, got_backend, tiles: list) -> dict:
 
 
 def padded_input(session, vol) -> np.ndarray | None:
-    """The network's normalized model-grid input for `vol`, edge-padded to at least one input patch. A
-    2.5D model's context slices are edge-padded above and below first, as the sliding window does, so a
-    tile of `input_patch_zyx` cut at z0 is the network's input for output slice z0."""
+    """The network's normalized model-grid input for `vol`, (C, z, y, x), edge-padded to at least one
+    input patch (C: 1, or a cascade's CT and first-stage masks). A 2.5D model's context slices are
+    edge-padded above and below first, as the sliding window does, so a tile of `input_patch_zyx` cut at
+    z0 is the network's input for output slice z0."""
     prep = session.prepare(vol)
     if prep.image is None:
         return None
     x, c = prep.image, session.package.context_slices
+    x = x[None] if x.ndim == 3 else x
     if c:
-        x = np.pad(x, [(c, c), (0, 0), (0, 0)], mode="edge")
-    pad = [(0, max(0, p - s)) for p, s in zip(session.package.input_patch_zyx, x.shape)]
+        x = np.pad(x, [(0, 0), (c, c), (0, 0), (0, 0)], mode="edge")
+    pad = [(0, 0)] + [(0, max(0, p - s)) for p, s in zip(session.package.input_patch_zyx, x.shape[1:])]
     return np.pad(x, pad, mode="edge") if any(p[1] for p in pad) else x
 
 
@@ -87,8 +89,9 @@ def _tiles(session, vol, n: int = 2) -> list:
     out = []
     for k in range(n):  # tiles spread along the main diagonal of the body box
         frac = (k + 1) / (n + 1)
-        start = [int(frac * (s - p)) for s, p in zip(x.shape, patch)]
-        out.append(np.ascontiguousarray(x[tuple(slice(a, a + p) for a, p in zip(start, patch))][None, None]))
+        start = [int(frac * (s - p)) for s, p in zip(x.shape[1:], patch)]
+        tile = x[(slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, patch))]
+        out.append(np.ascontiguousarray(tile[None]))
     return out
 
 

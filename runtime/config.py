@@ -31,6 +31,7 @@ class RunConfig:
     min_volume_mm3: float
     connectivity: int
     min_short_axis_px: float  # 0: no resolution floor
+    previous_labels: tuple = ()  # a cascade: the first stage's labels fed as one-hot channels after the CT
 
     @classmethod
     def from_package(cls, pkg: ModelPackage, batch_size: int | None = None, mirror_axes: tuple | None = None,
@@ -56,6 +57,7 @@ class RunConfig:
             connectivity=check_connectivity(int(post.get("connectivity", 26))),
             min_short_axis_px=float(post.get("min_short_axis_px", 0.0) if min_short_axis_px is None
                                     else min_short_axis_px),
+            previous_labels=pkg.previous_labels,
         )
 
     def with_window(self, **changes) -> "RunConfig":

@@ -54,6 +54,8 @@ INPUT_KINDS = ("3d", "2d", "2.5d")
 MAX_CONTEXT_SLICES = 32
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 NORMALIZATIONS = ("ct_zscore", "window")
+# input.previous_stage of a cascade (nnU-Net's 3d_cascade_fullres): see _check_previous_stage
+PREVIOUS_STAGE_KEYS = ("package", "package_sha256", "labels")
 
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB; the default package's manifest is 4 kB
 MAX_JSON_DEPTH = 32  # nesting levels of the manifest (the default's is 7)
@@ -306,8 +308,7 @@ def _check_input(s: _Schema, m):
         s.text(m, key, key, required=True)
     inp = s.obj(m, "input", "input")
     s.text(inp, "name", "input.name")
-    if "channels" in inp and (not _is_int(inp["channels"]) or inp["channels"] != 1):
-        s.fail("input.channels", inp["channels"], "1 (lnrt runs single-channel CT models)")
+    _check_previous_stage(s, inp)
     s.text(inp, "orientation", "input.orientation", choices=("LPS",))
     kind = s.text(inp, "kind", "input.kind", choices=INPUT_KINDS) or "3d"
     if kind == "2.5d":
@@ -335,6 +336,36 @@ def _check_input(s: _Schema, m):
         s.fail("input.patch_size_zyx", patch, f"at most {MAX_PATCH_VOXELS} voxels in a patch (256^3); "
                f"this one has {voxels}")
     return math.prod(patch)
+
+
+def _check_previous_stage(s: _Schema, inp: dict) -> None:
+    """`input.channels` (1: the CT), or for a cascade 1 + one mask per label of `input.previous_stage`:
+    {"package": a folder inside this package holding the first stage's own lnrt package,
+    "package_sha256": that package's sha256 (so this manifest's seal covers it and everything it lists),
+    "labels": the first stage's label values whose one-hot masks follow the CT, ascending}."""
+    prev = inp.get("previous_stage", _ABSENT)
+    if prev is _ABSENT:
+        if "channels" in inp and (not _is_int(inp["channels"]) or inp["channels"] != 1):
+            s.fail("input.channels", inp["channels"], "1 (lnrt runs single-channel CT models; a cascade "
+                   "also gives input.previous_stage)")
+        return
+    s.obj(inp, "previous_stage", "input.previous_stage", allowed=PREVIOUS_STAGE_KEYS)
+    why = name_problem(prev.get("package"))
+    if why:
+        s.fail("input.previous_stage.package", prev.get("package", _ABSENT),
+               f"a folder inside the package holding the first stage's lnrt package (this one {why})")
+    sha = prev.get("package_sha256", _ABSENT)
+    if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+        s.fail("input.previous_stage.package_sha256", sha, "64 lowercase hex digits (the first stage's "
+               "package sha256)")
+    labels = prev.get("labels", _ABSENT)
+    if (not isinstance(labels, list) or not 1 <= len(labels) <= 63
+            or not all(_is_int(v) and 1 <= v <= 63 for v in labels) or labels != sorted(set(labels))):
+        s.fail("input.previous_stage.labels", labels, "ascending distinct label values in [1, 63] (the first "
+               "stage's foreground labels fed as one-hot channels)")
+    if inp.get("channels", _ABSENT) != 1 + len(labels):
+        s.fail("input.channels", inp.get("channels", _ABSENT), f"{1 + len(labels)} for a cascade: the CT and "
+               f"one mask per label of input.previous_stage.labels {labels}")
 
 
 def _check_normalization(s: _Schema, m):
@@ -497,11 +528,38 @@ def _external_refs(root: Path, name: str) -> list:
     return refs
 
 
+def _load_previous_stage(pkg: "ModelPackage", verify: bool) -> "ModelPackage":
+    """A cascade's first stage: the package in `input.previous_stage.package`, loaded with its sha256
+    pinned to the one this (sealed) manifest records, so the cascade's identity covers both stages."""
+    prev, src = pkg.manifest["input"]["previous_stage"], pkg.path / MANIFEST
+    sub = pkg.path / prev["package"]
+    real, inside = sub.resolve(), pkg.path.resolve()
+    if inside not in real.parents:
+        raise LnrtError(f"{src}: input.previous_stage.package {prev['package']!r} resolves to {real}, outside "
+                        "the package; expected a folder inside it")
+    if not (sub / MANIFEST).is_file():
+        raise LnrtError(f"{src}: input.previous_stage.package is {prev['package']!r}, but {sub} holds no "
+                        f"{MANIFEST}; expected the first stage's lnrt package there (re-export the cascade)")
+    try:
+        first = ModelPackage.load(sub, verify=verify, expect_sha256=prev["package_sha256"])
+    except LnrtError as exc:
+        raise LnrtError(f"{src}: input.previous_stage: {exc}") from None
+    if "previous_stage" in first.manifest["input"]:
+        raise LnrtError(f"{src}: input.previous_stage.package {prev['package']!r} is itself a cascade; expected "
+                        "a single-stage package (nnU-Net's cascades have two stages)")
+    if max(prev["labels"]) >= len(first.classes):
+        raise LnrtError(f"{src}: input.previous_stage.labels is {prev['labels']}; expected labels of the first "
+                        f"stage's classes {first.classes} (1 to {len(first.classes) - 1})")
+    return first
+
+
 @dataclass(frozen=True)
 class ModelPackage:
     path: Path
     manifest: dict
     manifest_sha256: str = field(default="", compare=False)  # sha256 of lnrt.json's bytes as loaded
+    # a cascade's first stage (input.previous_stage), loaded and verified with this package; else None
+    previous_stage: "ModelPackage | None" = field(default=None, compare=False, repr=False)
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -543,6 +601,8 @@ class ModelPackage:
         pkg = cls(root, parse_manifest(data, str(mpath)), digest)
         pkg.validate()
         pkg.verify_files(hashes=verify)
+        if "previous_stage" in pkg.manifest["input"]:
+            object.__setattr__(pkg, "previous_stage", _load_previous_stage(pkg, verify))
         return pkg
 
     def validate(self) -> None:
@@ -608,8 +668,8 @@ class ModelPackage:
 
     def check_model_io(self, variant: str = "fp32") -> None:
         """The ONNX model's declared input and output against the manifest, before a backend loads it: one
-        input (batch, 1, *patch_size_zyx) and a first output (batch, len(classes), *patch) wherever the model
-        gives a number (a symbolic batch is fine). A third class name on a two-channel model, or a patch the
+        input (batch, channels, *patch_size_zyx) (channels 1, or a cascade's 1 + its masks) and a first
+        output (batch, len(classes), *patch) wherever the model gives a number (a symbolic batch is fine). A third class name on a two-channel model, or a patch the
         network was not exported for, would otherwise run, or fail inside the backend."""
         from .onnxproto import ProtoError, io_shapes_of
 
@@ -618,13 +678,14 @@ class ModelPackage:
             io = io_shapes_of(f)
         except (ProtoError, OSError, ValueError) as exc:
             raise LnrtError(f"{f}: not a readable ONNX model ({exc}); expected the model the manifest lists") from None
-        want_in = [None, 1, *self.input_patch_zyx]
+        want_in = [None, self.input_channels, *self.input_patch_zyx]
         want_out = [None, len(self.classes), *self.patch_zyx]
         src = self.path / MANIFEST
-        for what, entries, want, keys in (("input", io["inputs"], want_in, "input.patch_size_zyx and input.context_slices"),
+        for what, entries, want, keys in (("input", io["inputs"], want_in,
+                                           "input.channels, input.patch_size_zyx and input.context_slices"),
                                           ("output", io["outputs"][:1], want_out, "classes and input.patch_size_zyx")):
             if what == "input" and len(entries) != 1:
-                raise LnrtError(f"{f}: the model has {len(entries)} inputs; expected one (batch, 1, z, y, x)")
+                raise LnrtError(f"{f}: the model has {len(entries)} inputs; expected one (batch, channels, z, y, x)")
             for name, dims in entries:
                 if dims is None:
                     continue
@@ -666,6 +727,16 @@ class ModelPackage:
     @property
     def input_kind(self) -> str:
         return self.manifest["input"].get("kind", "3d")
+
+    @property
+    def input_channels(self) -> int:
+        """The network's input channels: the CT, then a cascade's one-hot masks of the first stage."""
+        return int(self.manifest["input"].get("channels", 1))
+
+    @property
+    def previous_labels(self) -> tuple:
+        """A cascade's first-stage labels fed as one-hot channels after the CT (() for one stage)."""
+        return tuple(int(v) for v in self.manifest["input"].get("previous_stage", {}).get("labels", ()))
 
     @property
     def context_slices(self) -> int:
@@ -719,11 +790,17 @@ class ModelPackage:
 def make_manifest(name: str, version: str, spacing_zyx, patch_zyx, normalization: dict, provenance: dict,
                   classes=("background", "lymph_node"), min_volume_mm3: float = 10.0,
                   sliding_window: dict | None = None, postprocessing: dict | None = None,
-                  input_kind: str = "3d", context_slices: int = 0) -> dict:
+                  input_kind: str = "3d", context_slices: int = 0, previous_stage: dict | None = None) -> dict:
     """A manifest with lnrt's defaults for everything a model does not set (file hashes filled later).
-    A spacing of None (slice models only) keeps the scan's own spacing on that axis."""
+    A spacing of None (slice models only) keeps the scan's own spacing on that axis. `previous_stage`
+    ({"package", "package_sha256", "labels"}) makes a cascade's manifest: 1 + len(labels) channels."""
     inp = {"name": "image", "spacing_zyx_mm": [None if s is None else float(s) for s in spacing_zyx],
            "patch_size_zyx": [int(p) for p in patch_zyx], "channels": 1, "orientation": "LPS"}
+    if previous_stage is not None:  # single-stage manifests stay as they were
+        inp["channels"] = 1 + len(previous_stage["labels"])
+        inp["previous_stage"] = {"package": previous_stage["package"],
+                                 "package_sha256": previous_stage["package_sha256"],
+                                 "labels": [int(v) for v in previous_stage["labels"]]}
     if input_kind != "3d":  # 3d manifests stay as they were
         inp = {**inp, "kind": input_kind, **({"context_slices": int(context_slices)} if context_slices else {})}
     return {

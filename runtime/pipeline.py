@@ -1,6 +1,9 @@
 """The pipeline of one scan: stages over a `Device`, each a function of (scan context, device) with one job.
 
+    (previous_stage  a cascade only: the first stage's package run on the scan (prepare, window, restore)
+                     -> its label map on the scan's canonical grid, timed under "previous_stage_*")
     prepare     canonical view -> model grid -> body mask, body box, neck region -> normalized input
+                (a cascade: the CT, then one mask channel per first-stage label, resampled as nnU-Net does)
     window      sliding window over the body's tiles (the backend's calls timed as "network")
     restore     activation -> back onto the scan's canonical grid, only where a node can be
     components  connected components on the canonical grid + per-component statistics (one pass)
@@ -46,10 +49,20 @@ class Prepared:
     native: Grid  # the scan's grid in canonical order
     grid: Grid  # the model grid over the same extent
     box: tuple | None  # the body's box on the model grid (None: no body)
-    image: np.ndarray | None  # normalized network input inside the box (z, y, x) float32
+    image: np.ndarray | None  # normalized network input inside the box (z, y, x), a cascade's (C, z, y, x), float32
     body: np.ndarray | None  # body mask inside the box
     neck: NeckRegion | None = None  # where findings are reported, on the model grid (None: no rule)
     ct: np.ndarray | None = None  # the scan in canonical order, on the device (on the CPU: a view of the input)
+
+
+@dataclass(frozen=True)
+class PreviousStage:
+    """A cascade's first stage as its session holds it: its own configuration, backend and CPU fallback
+    (out of device memory its window falls back as the second stage's does)."""
+
+    config: RunConfig
+    backend: object
+    fallback: Callable | None = None
 
 
 @dataclass
@@ -65,6 +78,8 @@ class Scan:
     fallback: Callable | None = None  # () -> the CPU backend to use when the device runs out of memory
     warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    previous: PreviousStage | None = None  # a cascade's first stage (None: one stage)
+    previous_seg: np.ndarray | None = None  # previous_stage: its label map on the canonical native grid
     prep: Prepared | None = None  # prepare
     logits: np.ndarray | None = None  # window: (K, z, y, x) on the body box of the model grid
     covered: np.ndarray | None = None
@@ -101,10 +116,12 @@ def orientation(vol: Volume, source: str, warnings: list) -> Orientation:
 
 
 # -- prepare ---------------------------------------------------------------------------------------
-def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig, dev: Device = CPU) -> Prepared:
+def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig, dev: Device = CPU,
+                   previous_seg: np.ndarray | None = None) -> Prepared:
     """The canonical scan resampled to the model grid, cropped to the body's box and normalized (what
     the sliding window sees), with the body mask and the neck region. The scan enters the device here,
-    once (on the CPU: not copied)."""
+    once (on the CPU: not copied). A cascade's first-stage labels `previous_seg` (canonical native grid)
+    add one mask channel per `cfg.previous_labels` after the CT (`mask_channels`)."""
     ct_c = orient.to_canonical(dev.asarray(vol.array))
     native = Grid(tuple(ct_c.shape), tuple(vol.spacing_zyx[list(orient.perm)]))
     mgrid = model_grid(native, cfg.spacing_zyx)
@@ -121,11 +138,64 @@ def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig, dev: Device
         outline = body if cfg.body.enabled else body_mask(hu, replace(cfg.body, enabled=True), dev)
         neck = find_neck_region(outline, mgrid.spacing, cfg.neck)
     x = normalize(hu[box_slices(box)], cfg.recipe)
+    if cfg.previous_labels:
+        seg = dev.xp.zeros(native.shape, np.uint8) if previous_seg is None else previous_seg
+        x = dev.xp.concatenate([x[None], mask_channels(seg, cfg.previous_labels, native, mgrid.crop(box), dev)])
     return Prepared(native, mgrid, box, x, body[box_slices(box)], neck, ct_c)
 
 
+def mask_channels(seg, labels: tuple, native: Grid, dst: Grid, dev: Device = CPU) -> np.ndarray:
+    """(len(labels), z, y, x) float32 on `dst`: one-hot masks (1.0 / 0.0) of `seg` (on `native`)
+    resampled as nnU-Net resamples a previous stage's segmentation (`resample_data_or_seg` with is_seg,
+    order 1, then `convert_labelmap_to_one_hot`): each present label's indicator interpolated linearly,
+    the largest wins, and an exact tie goes to the nearest neighbour's label when it is among the tied
+    (batchgenerators' `resize_segmentation`; before its 0.25.5 a label won where its indicator reached
+    0.5, the same wherever only two labels meet, up to those exact ties). Outside the scan the edge
+    value is kept (nnU-Net's mode "edge")."""
+    xp = dev.xp
+    if native == dst:
+        return xp.stack([seg == lab for lab in labels]).astype(np.float32)
+    # only the native voxels `dst` interpolates from (its extent and one voxel around), not the whole scan
+    region = tuple((max(0, lo - 1), min(n, hi + 1)) for (lo, hi), n in zip(native_region(native, dst), native.shape))
+    seg, native = seg[box_slices(region)], native.crop(region)
+    present = [int(v) for v in dev.to_host(xp.unique(seg))]
+    nearest = resample(seg, native, dst, linear=False, dev=dev)
+    best = win = at_nearest = None
+    for lab in present:
+        score = resample((seg == lab).astype(np.float32), native, dst, linear=True, dev=dev)
+        if best is None:
+            best, win, at_nearest = score, xp.full(score.shape, lab, np.int32), xp.zeros_like(score)
+        else:
+            better = score > best
+            win[better] = lab
+            xp.maximum(best, score, out=best)
+        at_nearest = xp.where(nearest == lab, score, at_nearest)
+    tie = (at_nearest == best) & (best > 0)
+    win[tie] = nearest[tie].astype(np.int32)
+    return xp.stack([win == lab for lab in labels]).astype(np.float32)
+
+
+def previous_stage(scan: Scan, dev: Device) -> None:
+    """A cascade's first stage: its package's prepare, window and restore on this scan, the argmax class
+    of every canonical native voxel kept as `scan.previous_seg` (background where restore found no
+    candidate). Its stages' times are this scan's `previous_stage_<stage>` timings; its warnings are
+    this scan's, prefixed."""
+    ps = scan.previous
+    first = Scan(scan.vol, scan.info, ps.config, scan.orient, ps.backend, fallback=ps.fallback,
+                 progress=scan.progress and (lambda st, d, t: scan.progress(f"first stage {st}", d, t)))
+    run_stages(first, dev, FIRST_STAGES)
+    scan.timings.update({f"previous_stage_{k}": v for k, v in first.timings.items()})
+    for msg in first.warnings:
+        scan.warn(f"first stage: {msg}")
+    seg = dev.xp.zeros(first.prep.native.shape, np.uint8)
+    if first.fg_box is not None:
+        seg[box_slices(first.fg_box)] = first.fg if first.classes is None else first.classes
+    scan.previous_seg = seg
+
+
 def prepare(scan: Scan, dev: Device) -> None:
-    scan.prep = prepare_volume(scan.vol, scan.orient, scan.config, dev)
+    scan.prep = prepare_volume(scan.vol, scan.orient, scan.config, dev, scan.previous_seg)
+    scan.previous_seg = None
     if scan.prep.box is None:
         scan.warn(f"{scan.source}: no body found above {scan.config.body.threshold_hu:g} HU; no nodes")
 
@@ -397,22 +467,26 @@ def number_nodes(nodes: list, stats: dict | None, labels_c, box: tuple | None, o
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # the timing key (the window stage records "network" and "accumulate" itself)
+    name: str  # the timing key
     run: Callable[[Scan, Device], None]
+    timed: bool = True  # False: the stage records its own timings and progress (window, previous_stage)
 
 
-STAGES = (Stage("preprocess", prepare), Stage("window", window), Stage("postprocess", restore),
+STAGES = (Stage("preprocess", prepare), Stage("window", window, timed=False), Stage("postprocess", restore),
           Stage("components", components), Stage("rules", rules), Stage("measure", measure),
           Stage("output", output))
+FIRST_STAGES = STAGES[:3]  # what a cascade's first stage runs: its label map is all the second needs
+CASCADE_STAGES = (Stage("previous_stage", previous_stage, timed=False),) + STAGES
 
 
-def run_stages(scan: Scan, dev: Device, stages=STAGES) -> Scan:
-    for stage in stages:
-        if scan.progress and stage.name != "window":  # the window reports its tiles itself
+def run_stages(scan: Scan, dev: Device, stages=None) -> Scan:
+    """Run `stages` (default: `STAGES`, or `CASCADE_STAGES` for a scan with a previous stage) in order."""
+    for stage in stages or (STAGES if scan.previous is None else CASCADE_STAGES):
+        if scan.progress and stage.timed:
             scan.progress(stage.name, 0, 0)
         t0 = dev.clock()
         stage.run(scan, dev)
-        if stage.name != "window":
+        if stage.timed:
             scan.timings[stage.name] = dev.clock() - t0
     return scan
 

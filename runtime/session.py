@@ -32,7 +32,8 @@ from .nodes import Frame, check_connectivity, component_stats, index_map, label_
 from .outputs import SCHEMA, Output, OutputPlan, contract_outputs, write_image_file, write_outputs
 from .outputs import plan as plan_outputs
 from .package import ModelPackage
-from .pipeline import Prepared, Progress, Scan, number_nodes, orientation, prepare_volume, run_stages, settings
+from .pipeline import (CASCADE_STAGES, PreviousStage, Prepared, Progress, Scan, number_nodes, orientation,
+                       prepare_volume, run_stages, settings)
 from .references import node_references
 from .volume import Orientation, Volume, voxel_volume_mm3
 
@@ -193,6 +194,11 @@ class Session:
                                              neck_region, min_short_axis_px)
         self.memory_limit_gb = memory_limit_gb or 0.8 * _physical_memory_gb()
         self._file_variant, self._threads, self._fallback = file_variant, threads, None
+        # a cascade's first stage: its own session on the same backend and device, TTA and overlap as
+        # asked (nnU-Net's predictor mirrors both stages alike); it runs inside this session's stages
+        self.previous = None if self.package.previous_stage is None else Session(
+            self.package.previous_stage, backend=backend, device=device, threads=threads,
+            mirror_axes=mirror_axes, overlap=overlap, memory_limit_gb=memory_limit_gb)
 
     # the configuration's parts, as earlier versions exposed them
     window = property(lambda self: self.config.window)
@@ -237,6 +243,9 @@ class Session:
         info["sha256"] = self.model_sha256  # computed when the session verified the file
         info["package_sha256"] = self.package.package_sha256
         info.update(self.backend.describe())
+        if self.previous is not None:
+            info["previous_stage"] = {k: self.previous.model_info()[k]
+                                      for k in ("name", "version", "sha256", "package_sha256", "classes")}
         return info
 
     def estimate_memory_gb(self, shape_zyx: tuple, spacing_zyx, itemsize: int = 2) -> float:
@@ -261,8 +270,13 @@ class Session:
 
     def prepare(self, vol: Volume, orient: Orientation | None = None) -> Prepared:
         """The network's input for a scan: the canonical scan resampled to the model grid, cropped to
-        the body's box and normalized (what the sliding window sees), with the body mask."""
-        return prepare_volume(vol, orient or Orientation.of(vol.direction, "<scan>"), self.config)
+        the body's box and normalized (what the sliding window sees), with the body mask. For a cascade
+        the first stage runs first: the input holds the CT and its masks."""
+        orient = orient or Orientation.of(vol.direction, "<scan>")
+        if self.previous is None:
+            return prepare_volume(vol, orient, self.config)
+        ctx = self._scan(vol, ScanInfo(path="<memory>", kind="array", stem="scan"), None, {}, self.backend, CPU)
+        return run_stages(ctx, CPU, CASCADE_STAGES[:2]).prep
 
     def run(self, scan: str | os.PathLike | Volume | ScanHeader, series_uid: str | None = None,
             progress: Progress | None = None, check_hu: bool = True) -> Result:
@@ -293,7 +307,19 @@ class Session:
         warnings = [] if warnings is None else warnings
         fallback = self._cpu_fallback if device.kind != "cpu" or self.backend_device != "cpu" else None
         return Scan(vol, info, self.config, orientation(vol, info.path, warnings), backend, progress, fallback,
-                    warnings, timings)
+                    warnings, timings, self._previous_stage(device))
+
+    def _previous_stage(self, device) -> PreviousStage | None:
+        """A cascade's first stage for a scan on `device`: its session's backend, or its CPU backend when the
+        scan runs again on the CPU (after the GPU ran out of memory)."""
+        prev = self.previous
+        if prev is None:
+            return None
+        on_cpu = device.kind == "cpu" and prev.device.kind != "cpu"
+        fallback = prev._cpu_fallback if device.kind != "cpu" or prev.backend_device != "cpu" else None
+        if on_cpu:
+            return PreviousStage(prev.config, prev._cpu_fallback())
+        return PreviousStage(prev.config, prev.backend, fallback)
 
     def _again_on_the_cpu(self, ctx: Scan, exc: Exception, spent_s: float) -> Scan:
         """After `exc` in a stage on a GPU: when it is the GPU's memory (CuPy's OutOfMemoryError is a
@@ -321,6 +347,8 @@ class Session:
 
     def close(self) -> None:
         self.backend.close()
+        if self.previous is not None:
+            self.previous.close()
         if self._fallback is not None:
             self._fallback.close()
 

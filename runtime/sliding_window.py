@@ -4,7 +4,8 @@ Tiles are spread evenly along each axis so the first starts at 0 and the last en
 a step of at most `patch * (1 - overlap)`. Each tile's logits are weighted by a Gaussian importance map
 (sigma = patch * sigma_scale, as nnU-Net does: centre voxels are trusted more than tile borders),
 accumulated, and divided by the summed weights. Volumes smaller than a patch are padded and cropped
-back. Tiles that hold no voxel of the optional `mask` are not run; the voxels no tile covered are
+back (a multi-channel image, a cascade's CT and first-stage masks: the masks with 0, as nnU-Net pads
+them). Tiles that hold no voxel of the optional `mask` are not run; the voxels no tile covered are
 reported in `covered` so the caller can decide what they are (background).
 
 Slice models (2D, 2.5D; `lnrt.slices`) are the same window with a patch of one slice: every slice is a
@@ -126,10 +127,11 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
     if mask is not None and mask.shape != spatial:
         raise ValueError(f"mask shape {mask.shape} != image shape {spatial}")
     padded_shape = tuple(max(s, p) for s, p in zip(spatial, cfg.patch))
-    if padded_shape != spatial:
-        pad_value = float(image.min()) if cfg.pad_value is None else cfg.pad_value
+    if padded_shape != spatial:  # the CT with its minimum (or pad_value); a cascade's masks with 0, as nnU-Net
+        pad_value = float(image[0].min()) if cfg.pad_value is None else cfg.pad_value
         pads = [(0, 0)] + [(0, ps - s) for ps, s in zip(padded_shape, spatial)]
-        image = xp.pad(image, pads, constant_values=pad_value)
+        padded = xp.pad(image[:1], pads, constant_values=pad_value)
+        image = padded if image.shape[0] == 1 else xp.concatenate([padded, xp.pad(image[1:], pads)])
         if mask is not None:
             mask = xp.pad(mask, pads[1:], constant_values=False)
     todo = tiles(padded_shape, cfg)
