@@ -252,9 +252,10 @@ def _save_options(kw: dict) -> dict:
 def _multiclass(model) -> bool:
     """Whether the package (its manifest only, no file hashed) has more than two classes, so that the
     pre-flight also checks the class map's name."""
+    from .nodes import is_multiclass
     from .package import ModelPackage
 
-    return len(ModelPackage.load(model, verify=False).classes) > 2
+    return is_multiclass(ModelPackage.load(model, verify=False).classes)
 
 
 def _flags(save: dict) -> tuple:

@@ -41,6 +41,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import LnrtError
+from .nodes import is_multiclass
 from .optional import require
 
 RECIST_SCHEME = "99LNRT"
@@ -119,7 +120,7 @@ def _uid(hd, seed: str | None, purpose: str):
 def class_code(name: str, classes: list | None) -> tuple | None:
     """(scheme, value, meaning) of a multi-class model's node class, or None for a binary model."""
     names = list(classes or ())
-    if len(names) <= 2 or name not in names:
+    if not is_multiclass(names) or name not in names:
         return None
     return (RECIST_SCHEME, f"LNRT-C{names.index(name)}", name)
 
@@ -153,7 +154,7 @@ def build_seg(sources: list, labels: np.ndarray, nodes: list, model: dict, equip
     algorithm = hd.AlgorithmIdentificationSequence(name=name, family=codes.cid7162.ArtificialIntelligence,
                                                    version=version)
     segments, mapping = [], {}
-    coded = len(classes or ()) > 2
+    coded = is_multiclass(classes)
     if per == "node":
         values = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.uint16)
         for number, n in enumerate(sorted(nodes, key=lambda n: n["id"]), start=1):

@@ -34,6 +34,12 @@ NO_INDEX = np.iinfo(np.uint64).max  # `first` of an id with no voxel (the kernel
 BBOX_EMPTY = (np.iinfo(np.int32).max,) * 3 + (-1,) * 3
 
 
+def is_multiclass(classes) -> bool:
+    """Whether a model's class list (background first) has more than one foreground class: then nodes
+    carry their class shares, and the outputs their class (class map, CSV columns, SEG/SR codes, colours)."""
+    return len(classes or ()) > 2
+
+
 def label_dtype(n: int):
     """The label map's dtype for n components: uint16, or uint32 past 65 535."""
     return np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from .atomic import Staging
 from .errors import LnrtError
+from .nodes import is_multiclass
 
 SCHEMA = "lnrt.report/1"
 SUFFIXES = {"labels": ".nodes.nii.gz", "report": ".report.json", "csv": ".nodes.csv"}
@@ -176,9 +177,9 @@ def plan(out_dir: str | os.PathLike, stem: str, overwrite: bool = False, inputs:
 def class_columns(classes: list | None) -> list:
     """The multi-class CSV columns (none for a binary model): `fraction_<class>` then `mean_prob_<class>`
     for each foreground class, in the manifest's order."""
-    fg = list(classes or ())[1:]
-    if len(fg) < 2:
+    if not is_multiclass(classes):
         return []
+    fg = list(classes)[1:]
     return [f"fraction_{c}" for c in fg] + [f"mean_prob_{c}" for c in fg]
 
 

@@ -28,7 +28,8 @@ from .config import RunConfig
 from .device import CPU, cuda_device, out_of_memory
 from .errors import LnrtError, one_line
 from .imageio import ScanHeader, ScanInfo, probe_scan, read_labels, read_scan, stem_of, to_sitk
-from .nodes import Frame, check_connectivity, component_stats, index_map, label_components, measure_nodes
+from .nodes import (Frame, check_connectivity, component_stats, index_map, is_multiclass, label_components,
+                    measure_nodes)
 from .outputs import SCHEMA, Output, OutputPlan, contract_outputs, write_image_file, write_outputs
 from .outputs import plan as plan_outputs
 from .package import ModelPackage
@@ -79,7 +80,7 @@ class Result:
         voxels hold the index of its voted class (`node["class"]`), background 0; None for a binary model.
         The node's class, not each voxel's argmax: a node is one finding with one class."""
         names = self.classes
-        if len(names) <= 2:
+        if not is_multiclass(names):
             return None
         lut = np.zeros(int(self.labels.max(initial=0)) + 1, np.uint8)
         for n in self.nodes:
@@ -105,7 +106,7 @@ class Result:
              dicom_seg: bool | None = None, dicom_sr: bool = False, contract: bool = True) -> OutputPlan:
         """What `save` with these options would write, checked now (raises `LnrtError` if it cannot)."""
         return plan_outputs(out_dir, self.info.stem, overwrite, (self.info.path,), self.info.kind == "dicom",
-                            viewer, qc, dicom_seg, dicom_sr, contract=contract, multiclass=len(self.classes) > 2)
+                            viewer, qc, dicom_seg, dicom_sr, contract=contract, multiclass=is_multiclass(self.classes))
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False, viewer: bool = True,
              qc: bool = False, dicom_seg: bool | None = None, dicom_sr: bool = False,
