@@ -89,6 +89,9 @@ def manifest(model: UNet, check: dict, extra_provenance: dict | None = None) -> 
 
 
 def package_checkpoint(ckpt: Path, out: Path, weights_out: Path | None = None) -> Path:
+    """Package checkpoint `ckpt` in folder `out`; its weights (a plain state dict) go to `weights_out`,
+    by default beside the package (`<out>.weights.pt`), or `models/edge_weights.pt` when `out` is the
+    shipped `models/default`."""
     from lnrt.package import write_manifest
 
     model = load_checkpoint(Path(ckpt))
@@ -102,7 +105,11 @@ def package_checkpoint(ckpt: Path, out: Path, weights_out: Path | None = None) -
         stale.unlink()
     (out / "model.onnx").write_bytes(onnx_bytes)
     write_manifest(out, manifest(model, check))
-    weights_out = weights_out or Path(__file__).parent / "edge_weights.pt"
+    # the shipped weights are rewritten only when the shipped package is: packaging a candidate
+    # elsewhere once overwrote them (the re-export test then failed in CI, stop 29)
+    shipped = out.resolve() == (Path(__file__).parent / "default").resolve()
+    weights_out = weights_out or (Path(__file__).parent / "edge_weights.pt" if shipped
+                                  else out.parent / f"{out.name}.weights.pt")
     torch.save({"unet": model.cfg.to_dict(), "model": model.state_dict()}, weights_out)
     return out
 
