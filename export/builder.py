@@ -61,12 +61,15 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
                   calib=None, keep=(), force: bool = False, overwrite: bool = False,
                   min_volume_mm3: float = 10.0, probe_volumes: int = 1, threads: int | None = None,
                   tiling: str = "body_box", input_kind: str = "3d", context_slices: int = 0,
-                  batch_size: int | None = None, previous_stage: tuple | None = None) -> Path:
+                  batch_size: int | None = None, previous_stage: tuple | None = None,
+                  resampling: dict | None = None, accumulate: str = "float32") -> Path:
     """`previous_stage` = (a finished lnrt package folder, its labels fed as masks) makes a cascade: the
     first stage's package is copied whole into the new package's `previous_stage/` and pinned by its
     sha256 in the manifest, and `module` takes 1 + len(labels) input channels. Precision variants are
     the second stage's: their gates and INT8 calibration run whole cascade sessions (tiles with the mask
-    channels), the first stage staying fp32."""
+    channels), the first stage staying fp32. `resampling`: the manifest's section of that name (None:
+    lnrt's own resampling; nnU-Net imports set nnU-Net's, see lnrt.splines); `accumulate`: the sliding
+    window's sums (nnU-Net imports: "float16", as nnU-Net's predictor sums)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise LnrtError(f"{out}: already exists; expected a new folder (or --overwrite)")
@@ -85,7 +88,8 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
                  f"PyTorch on {probe_volumes} phantom(s)")
         batch = batch_size or (SLICE_BATCH if kind != "3d" else 2)
         sw = {"overlap": 0.5, "sigma_scale": 0.125, "mirror_axes": [], "batch_size": batch,
-              "allowed_mirror_axes": [int(a) for a in mirror_axes]}
+              "allowed_mirror_axes": [int(a) for a in mirror_axes],
+              **({"accumulate": accumulate} if accumulate != "float32" else {})}
         prov = dict(provenance)
         prov["export"] = check
         manifest = make_manifest(name, version, spacing_zyx, patch_zyx, normalization, prov,
@@ -93,6 +97,8 @@ def build_package(module, out, name: str, version: str, spacing_zyx, patch_zyx, 
                                  input_kind=kind, context_slices=context_slices, previous_stage=prev)
         if tiling != "body_box":  # see lnrt.preprocess.BodyCropConfig
             manifest["body_crop"] = {**manifest["body_crop"], "tiling": tiling}
+        if resampling is not None:
+            manifest["resampling"] = resampling
         write_manifest(stage, manifest)
         pkg = ModelPackage.load(stage)
         parity = _parity_on_phantoms(pkg, net, probe_volumes, threads)

@@ -23,9 +23,14 @@ What is read and how it maps (nnU-Net v2 file formats, as its predictor reads th
   rule here and nested whole in the package (`input.previous_stage`, pinned by its sha256). Its network
   takes 1 + n_foreground channels (nnU-Net's `determine_num_input_channels`); the dataset's own image
   channels must still be one CT.
+- `resampling_fn_data_kwargs` / `resampling_fn_probabilities_kwargs` -> the manifest's `resampling`
+  (scheme "nnunet"): the scan is normalized on its own grid and then resampled with nnU-Net's splines,
+  and the logits are brought back to the scan before the softmax, as nnU-Net's predictor does
+  (`lnrt.splines`, equal to nnU-Net's `resample_data_or_seg_to_shape` to float32 rounding).
+- The sliding window sums logits and Gaussian weights in half precision (`sliding_window.accumulate:
+  "float16"`), as nnU-Net's predictor does, and the logits brought back are rounded to half as its are.
 Things lnrt does differently and says so in the manifest: it reads scans into LPS order (nnU-Net uses
-the stored array order, the same for LPS-stored scans) and resamples with linear interpolation (nnU-Net:
-third-order splines). Tiles that hold no body voxel are not run. With InstanceNorm a tile's output
+the stored array order, the same for LPS-stored scans). Tiles that hold no body voxel are not run. With InstanceNorm a tile's output
 depends on the tile's own statistics, so the imported package tiles the whole scan at nnU-Net's own
 tile positions (`body_crop.tiling: "whole_scan"`) and runs the tiles that touch the body: every body
 voxel gets nnU-Net's accumulation exactly; without InstanceNorm the body's box is tiled.
@@ -343,7 +348,34 @@ def _manifest_fields(info: dict) -> dict:
         "classes": classes,
         # mirroring axes are in the transposed order: bring them back to (z, y, x)
         "mirror_axes": sorted(fwd[int(a)] for a in mirror),
+        "resampling": resampling_section(cfg, src, info["configuration"]),
     }
+
+
+# nnU-Net's own resampling function, the one lnrt.splines reproduces, and its defaults
+RESAMPLING_FN = "resample_data_or_seg_to_shape"
+RESAMPLING_DEFAULTS = {"data": {"order": 3, "order_z": 0, "force_separate_z": None},
+                       "probabilities": {"order": 1, "order_z": 0, "force_separate_z": None}}
+
+
+def resampling_section(cfg: dict, src, configuration: str) -> dict:
+    """The manifest's `resampling` from the plans' `resampling_fn_data(_kwargs)` and
+    `resampling_fn_probabilities(_kwargs)`: the scan is resampled as nnU-Net resamples it, and its logits
+    brought back the same way; another function or keyword is refused (lnrt would resample differently)."""
+    out = {"scheme": "nnunet"}
+    for part, key in (("data", "data"), ("probabilities", "logits")):
+        where = f"configurations.{configuration}.resampling_fn_{part}"
+        fn = cfg.get(f"resampling_fn_{part}", RESAMPLING_FN)
+        if fn != RESAMPLING_FN:
+            raise _refuse(str(src), where, fn, f"{RESAMPLING_FN!r} (nnU-Net's default, what lnrt reproduces)")
+        kwargs = {**RESAMPLING_DEFAULTS[part], **cfg.get(f"resampling_fn_{part}_kwargs", {})}
+        if kwargs.pop("is_seg", False):
+            raise _refuse(str(src), f"{where}_kwargs.is_seg", True, "false for the CT and its logits")
+        unknown = sorted(set(kwargs) - {"order", "order_z", "force_separate_z"})
+        if unknown:
+            raise _refuse(str(src), f"{where}_kwargs", unknown[0], "only order, order_z, force_separate_z")
+        out[key] = kwargs
+    return out
 
 
 def _check_fields_early(info: dict, fields: dict, name, version: str) -> None:
@@ -354,6 +386,7 @@ def _check_fields_early(info: dict, fields: dict, name, version: str) -> None:
     provisional = make_manifest(name or "nnunet", version, fields["spacing_zyx"], fields["patch_zyx"],
                                 fields["normalization"], {}, classes=fields["classes"],
                                 input_kind=fields["input_kind"])
+    provisional["resampling"] = fields["resampling"]
     check_manifest(provisional, f"{info['folder'] / 'plans.json'}, as the manifest would hold it", files=False)
 
 
@@ -441,7 +474,6 @@ def import_nnunet(folder, out, configuration: str | None = None, folds=None,
                                                  "configuration": first["configuration"],
                                                  "folds": first["folds"]}} if first else {})},
         "differences_from_nnunet": ["scans are read in LPS order (nnU-Net: stored array order)",
-                                    "resampling is linear (nnU-Net: third-order spline)",
                                     "tiles without body are skipped (with instance normalization at "
                                     "nnU-Net's own tile positions over the whole scan, since a tile's "
                                     "output depends on its own statistics; without it over the body's box)"]
@@ -454,9 +486,8 @@ def import_nnunet(folder, out, configuration: str | None = None, folds=None,
 
 
 # What a cascade's first stage does differently in lnrt (besides what every imported model does)
-CASCADE_DIFFERENCE = ("the first stage's segmentation is brought back to the scan's grid by interpolating "
-                      "its probabilities, then argmax (nnU-Net interpolates its logits), and only where a "
-                      "voxel can be foreground; its tiles without body are skipped too")
+CASCADE_DIFFERENCE = ("the first stage's segmentation is brought back to the scan's grid only where a voxel "
+                      "can be foreground; its tiles without body are skipped too")
 
 
 def _build_cascade(info, fields, arch, module, out, name, version, provenance, first, labels, checkpoint,
@@ -486,7 +517,7 @@ def _build(info, fields, arch, module, out, name, version, provenance, previous,
         normalization=fields["normalization"], classes=fields["classes"], provenance=provenance,
         transpose=fields["transpose"], mirror_axes=fields["mirror_axes"], input_kind=fields["input_kind"],
         tiling=package_kwargs.pop("tiling", "whole_scan" if _has_instance_norm(arch) else "body_box"),
-        previous_stage=previous, **package_kwargs)
+        previous_stage=previous, resampling=fields["resampling"], accumulate="float16", **package_kwargs)
 
 
 def _has_instance_norm(arch: dict) -> bool:

@@ -11,6 +11,7 @@ from .package import ModelPackage
 from .preprocess import BodyCropConfig
 from .region import NeckRegionConfig
 from .sliding_window import SlidingWindowConfig
+from .splines import Resampling
 
 
 def _plain(value):
@@ -32,6 +33,11 @@ class RunConfig:
     connectivity: int
     min_short_axis_px: float  # 0: no resolution floor
     previous_labels: tuple = ()  # a cascade: the first stage's labels fed as one-hot channels after the CT
+    # the manifest's `resampling` (scheme "nnunet"): the CT normalized on the scan's grid, then resampled
+    # as nnU-Net does (`data`), and the logits, not the probabilities, brought back (`logits`); None: lnrt's
+    # linear HU resampling before normalization, probabilities back
+    resample_data: Resampling | None = None
+    resample_logits: Resampling | None = None
 
     @classmethod
     def from_package(cls, pkg: ModelPackage, batch_size: int | None = None, mirror_axes: tuple | None = None,
@@ -46,6 +52,7 @@ class RunConfig:
             batch_size=batch_size or sw.get("batch_size", 2),
             mirror_axes=tuple(sw.get("mirror_axes", ()) if mirror_axes is None else mirror_axes),
             context=pkg.context_slices,
+            accumulate=sw.get("accumulate", "float32"),
         )
         return cls(
             spacing_zyx=pkg.spacing_zyx, classes=tuple(pkg.classes),
@@ -58,6 +65,8 @@ class RunConfig:
             min_short_axis_px=float(post.get("min_short_axis_px", 0.0) if min_short_axis_px is None
                                     else min_short_axis_px),
             previous_labels=pkg.previous_labels,
+            resample_data=Resampling.from_section(pkg.section("resampling"), "data"),
+            resample_logits=Resampling.from_section(pkg.section("resampling"), "logits"),
         )
 
     def with_window(self, **changes) -> "RunConfig":
@@ -76,9 +85,14 @@ class RunConfig:
     def to_dict(self) -> dict:
         """The report's settings that come from the configuration (the run adds grid, box and rules)."""
         window = {k: _plain(getattr(self.window, k)) for k in self.window.__dataclass_fields__
-                  if k != "context" or self.window.context}  # a 3D model's settings stay as they were
-        return {"sliding_window": window,
-                "min_volume_mm3": self.min_volume_mm3, "connectivity": self.connectivity}
+                  if (k != "context" or self.window.context)  # a 3D model's settings stay as they were
+                  and (k != "accumulate" or self.window.accumulate != "float32")}
+        out = {"sliding_window": window,
+               "min_volume_mm3": self.min_volume_mm3, "connectivity": self.connectivity}
+        if self.resample_data is not None:  # other reports stay as they were
+            out["resampling"] = {"scheme": "nnunet", "data": vars(self.resample_data).copy(),
+                                 "logits": vars(self.resample_logits).copy()}
+        return out
 
 
 def _freeze(value):

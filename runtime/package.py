@@ -47,6 +47,8 @@ from .errors import LnrtError
 FORMAT = "lnrt.package/1"
 MANIFEST = "lnrt.json"
 MANIFEST_HASH = "lnrt.json.sha256"
+ACCUMULATE = ("float32", "float16")  # sliding_window.accumulate (lnrt.sliding_window)
+RESAMPLING_SCHEMES = ("nnunet",)  # resampling.scheme (lnrt.splines); absent: lnrt's own
 TILINGS = ("body_box", "whole_scan")  # body_crop.tiling (lnrt.preprocess.BodyCropConfig)
 # input.kind: a volume model, or a slice model run along the canonical axial axis (lnrt.slices)
 INPUT_KINDS = ("3d", "2d", "2.5d")
@@ -398,7 +400,9 @@ def _check_classes(s: _Schema, m):
 
 def _check_sliding_window(s: _Schema, m, voxels: int, classes: list):
     sw = s.obj(m, "sliding_window", "sliding_window", required=False,
-               allowed=("overlap", "sigma_scale", "mirror_axes", "batch_size", "allowed_mirror_axes"))
+               allowed=("overlap", "sigma_scale", "mirror_axes", "batch_size", "allowed_mirror_axes",
+                        "accumulate"))
+    s.text(sw, "accumulate", "sliding_window.accumulate", choices=ACCUMULATE)
     s.num(sw, "overlap", "sliding_window.overlap", 0, 1, hi_open=True)
     s.num(sw, "sigma_scale", "sliding_window.sigma_scale", 0, 1, lo_open=True)
     batch = s.num(sw, "batch_size", "sliding_window.batch_size", 1, 256, integer=True)
@@ -438,6 +442,26 @@ def _check_postprocessing(s: _Schema, m):
     if "tiling" in body and body["tiling"] not in TILINGS:
         s.fail("body_crop.tiling", body["tiling"], " or ".join(repr(t) for t in TILINGS))
     s.obj(m, "provenance", "provenance", required=False)
+
+
+def _check_resampling(s: _Schema, m):
+    """`resampling` (absent: lnrt's own, linear HU then normalization, probabilities back): scheme
+    "nnunet" resamples as nnU-Net's predictor does (`lnrt.splines`): {"scheme": "nnunet", "data":
+    {"order", "order_z", "force_separate_z"}, "logits": {the same}, "anisotropy_threshold"}."""
+    res = s.obj(m, "resampling", "resampling", required=False,
+                allowed=("scheme", "data", "logits", "anisotropy_threshold"))
+    if not res:
+        return
+    s.text(res, "scheme", "resampling.scheme", required=True, choices=RESAMPLING_SCHEMES)
+    s.num(res, "anisotropy_threshold", "resampling.anisotropy_threshold", 1, 1000)
+    for key, orders in (("data", (0, 1, 3)), ("logits", (0, 1))):
+        part = s.obj(res, key, f"resampling.{key}", allowed=("order", "order_z", "force_separate_z"))
+        if part.get("order", _ABSENT) not in orders or not _is_int(part["order"]):
+            s.fail(f"resampling.{key}.order", part.get("order", _ABSENT), " or ".join(map(str, orders)))
+        if part.get("order_z", 0) not in (0, 1) or not _is_int(part.get("order_z", 0)):
+            s.fail(f"resampling.{key}.order_z", part["order_z"], "0 or 1")
+        if part.get("force_separate_z") not in (None, True, False):
+            s.fail(f"resampling.{key}.force_separate_z", part["force_separate_z"], "true, false or null")
 
 
 def _check_variants(s: _Schema, m):
@@ -496,6 +520,7 @@ def check_manifest(m, src: str, files: bool = True) -> None:
     classes = _check_classes(s, m)
     _check_sliding_window(s, m, voxels, classes)
     _check_postprocessing(s, m)
+    _check_resampling(s, m)
     _check_variants(s, m)
     _check_files(s, m, src, files)
 

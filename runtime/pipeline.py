@@ -33,6 +33,7 @@ from .nodes import Frame, index_map, label_dtype, measure_nodes
 from .preprocess import Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample
 from .region import NeckRegion, find_neck_region
 from .sliding_window import sliding_window
+from .splines import sample_box, zoom_like_nnunet
 from .volume import OBLIQUE_SILENT_DEG, Orientation, Volume, voxel_volume_mm3
 
 log = logging.getLogger("lnrt")
@@ -137,11 +138,23 @@ def prepare_volume(vol: Volume, orient: Orientation, cfg: RunConfig, dev: Device
     if cfg.neck:
         outline = body if cfg.body.enabled else body_mask(hu, replace(cfg.body, enabled=True), dev)
         neck = find_neck_region(outline, mgrid.spacing, cfg.neck)
-    x = normalize(hu[box_slices(box)], cfg.recipe)
+    x = model_input(ct_c, hu, native, mgrid, box, cfg, dev)
     if cfg.previous_labels:
         seg = dev.xp.zeros(native.shape, np.uint8) if previous_seg is None else previous_seg
         x = dev.xp.concatenate([x[None], mask_channels(seg, cfg.previous_labels, native, mgrid.crop(box), dev)])
     return Prepared(native, mgrid, box, x, body[box_slices(box)], neck, ct_c)
+
+
+def model_input(ct_c, hu, native: Grid, mgrid: Grid, box: tuple, cfg: RunConfig, dev: Device = CPU):
+    """The network's CT channel inside `box`. lnrt's way: the HU resampled linearly (`hu`), then
+    normalized (in place). nnU-Net's way (`cfg.resample_data`): the scan normalized on its own grid, then
+    resampled with nnU-Net's splines (`lnrt.splines`), so the network sees what nnU-Net would feed it."""
+    if cfg.resample_data is None:
+        return normalize(hu[box_slices(box)], cfg.recipe)
+    x = normalize(dev.xp.array(ct_c, dtype=np.float32), cfg.recipe)
+    target = [n if t is None else t for t, n in zip(cfg.spacing_zyx, native.spacing)]
+    x = zoom_like_nnunet(x, mgrid.shape, native.spacing, target, cfg.resample_data, dev.xp)
+    return x[box_slices(box)]
 
 
 def mask_channels(seg, labels: tuple, native: Grid, dst: Grid, dev: Device = CPU) -> np.ndarray:
@@ -324,7 +337,8 @@ def restore(scan: Scan, dev: Device) -> None:
     if scan.logits is None:
         return
     prep, cfg, xp = scan.prep, scan.config, dev.xp
-    probs = activate(scan.logits, cfg.activation, xp)
+    logits = scan.logits if cfg.resample_logits is not None else None
+    probs = activate(scan.logits if logits is None else scan.logits.copy(), cfg.activation, xp)
     scan.logits = None
     probs[:, ~scan.covered] = 0.0
     probs[0, ~scan.covered] = 1.0
@@ -340,19 +354,43 @@ def restore(scan: Scan, dev: Device) -> None:
     scan.prob = xp.zeros(shape, np.float32)
     scan.classes = None if binary else xp.zeros(shape, np.uint8)
     scan.class_prob = None if binary else xp.zeros((len(probs),) + shape, np.float32)
-    channels = [dev.ops.resampler(p, crop) for p in (probs[1:2] if binary else probs)]
+    back_at = native_probabilities(probs[1:2] if binary else probs, logits, scan, dev)
     for box in boxes:
-        dst = prep.native.crop(box)
         sl = tuple(slice(lo - f[0], hi - f[0]) for (lo, hi), f in zip(box, fg_box))
-        back = [r(dst) for r in channels]
+        back = back_at(box)
         if binary:
             scan.fg[sl] |= back[0] > 0.5
             scan.prob[sl] = back[0]
         else:
-            back = xp.stack(back)
             cls = xp.argmax(back, axis=0).astype(np.uint8)
             scan.classes[sl], scan.fg[sl], scan.prob[sl] = cls, cls > 0, 1.0 - back[0]
             scan.class_prob[(slice(None),) + sl] = back
+
+
+def native_probabilities(probs, logits, scan: Scan, dev: Device) -> Callable:
+    """A function `native box -> (C, z, y, x)` probabilities there. lnrt's way (`logits` None): `probs`
+    (the channels kept) interpolated linearly. nnU-Net's way: the logits interpolated as nnU-Net brings
+    them back (`cfg.resample_logits`), then activated; voxels no tile covered get background's logit 1
+    and 0 elsewhere, as if a tile had said so mildly."""
+    prep, cfg, xp = scan.prep, scan.config, dev.xp
+    crop = prep.grid.crop(prep.box)
+    if logits is None:
+        channels = [dev.ops.resampler(p, crop) for p in probs]
+        return lambda box: xp.stack([r(prep.native.crop(box)) for r in channels])
+    logits[:, ~scan.covered] = 0.0
+    logits[0, ~scan.covered] = 1.0
+    target = [n if t is None else t for t, n in zip(cfg.spacing_zyx, prep.native.spacing)]
+    offset = tuple(lo for lo, _ in prep.box)
+    binary = len(cfg.classes) == 2
+
+    def back(box):
+        z = sample_box(logits, prep.grid.shape, prep.native.shape, offset, box, target, prep.native.spacing,
+                       cfg.resample_logits, xp)
+        # nnU-Net's resampled logits keep its sums' dtype: half, when it summed in half
+        z = z.astype(np.float16 if cfg.window.accumulate == "float16" else np.float32).astype(np.float32)
+        p = activate(z, cfg.activation, xp)
+        return p[1:2] if binary else p
+    return back
 
 
 # -- components and rules --------------------------------------------------------------------------

@@ -37,6 +37,12 @@ class SlidingWindowConfig:
     mirror_axes: tuple = ()  # spatial axes (0 = z, 1 = y, 2 = x) to mirror for test-time augmentation
     pad_value: float | None = None  # None: the image minimum
     context: int = 0  # slices above and below each tile the network also sees (2.5D models), edge-replicated
+    # "float16": logits and weights summed in half precision with the Gaussian peaking at 10, as nnU-Net
+    # v2's predictor sums them (`_internal_predict_sliding_window_return_logits`), so that an imported
+    # model's output is nnU-Net's; "float32": lnrt's own sums. Where tiles barely overlap (the scan's
+    # edges, weights down to 1e-4) half precision rounds a logit to a few bits: on a random-weight 3d_lowres
+    # network 0.1 % of the voxels changed class (measured against nnU-Net, tests/test_nnunet_cascade.py).
+    accumulate: str = "float32"
 
     def __post_init__(self):
         if len(self.patch) != 3 or min(self.patch) < 1:
@@ -47,6 +53,8 @@ class SlidingWindowConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if any(a not in (0, 1, 2) for a in self.mirror_axes):
             raise ValueError(f"mirror_axes must be among 0, 1, 2, got {self.mirror_axes}")
+        if self.accumulate not in ("float32", "float16"):
+            raise ValueError(f"accumulate must be float32 or float16, got {self.accumulate!r}")
         if self.context < 0 or (self.context and self.patch[0] != 1):
             raise ValueError(f"context slices need a one-slice patch and a count >= 0, got {self.context} "
                              f"for patch {self.patch}")
@@ -73,9 +81,11 @@ def tiles(shape: tuple, cfg: SlidingWindowConfig) -> list:
             for start in itertools.product(*per_axis)]
 
 
-def gaussian_importance(patch: tuple, sigma_scale: float) -> np.ndarray:
+def gaussian_importance(patch: tuple, sigma_scale: float, dtype=np.float32) -> np.ndarray:
     """Separable Gaussian peaking at voxel p // 2 of each axis (nnU-Net's centre, so imported models
-    reproduce its accumulation), peak 1, no zeros (so every voxel gets weight)."""
+    reproduce its accumulation), peak 1, no zeros (so every voxel gets weight). float16: nnU-Net's half
+    map, peak 10 (its `value_scaling_factor`), rounded from float64 and its zeros raised to its least
+    nonzero value."""
     g = np.ones(patch, dtype=np.float64)
     for axis, p in enumerate(patch):
         x = np.arange(p) - float(p // 2)
@@ -84,6 +94,9 @@ def gaussian_importance(patch: tuple, sigma_scale: float) -> np.ndarray:
         shape[axis] = p
         g = g * np.exp(-0.5 * (x / sigma) ** 2).reshape(shape)
     g /= g.max()
+    if dtype == np.float16:
+        h = (g * 10.0).astype(np.float16)
+        return np.where(h == 0, h[h > 0].min(), h)
     g = np.maximum(g, g[g > 0].min() if (g > 0).any() else 1.0)
     return g.astype(np.float32)
 
@@ -140,9 +153,10 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
     c = cfg.context
     if c:  # padded index z + c is slice z: the input tile of output tile t starts at t's own start
         image = xp.pad(image, [(0, 0), (c, c), (0, 0), (0, 0)], mode="edge")
-    weight = xp.asarray(gaussian_importance(cfg.patch, cfg.sigma_scale))
+    dtype = np.float16 if cfg.accumulate == "float16" else np.float32
+    weight = xp.asarray(gaussian_importance(cfg.patch, cfg.sigma_scale, dtype))
     acc = None
-    wsum = xp.zeros(padded_shape, dtype=np.float32)
+    wsum = xp.zeros(padded_shape, dtype=dtype)
     done = 0
     if progress:
         progress(0, len(todo))
@@ -153,7 +167,7 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
         if logits.shape[0] != len(group) or logits.shape[2:] != tuple(cfg.patch):
             raise ValueError(f"predictor returned {logits.shape} for a batch of {batch.shape}")
         if acc is None:
-            acc = xp.zeros((logits.shape[1],) + padded_shape, dtype=np.float32)
+            acc = xp.zeros((logits.shape[1],) + padded_shape, dtype=dtype)
         for t, y in zip(group, logits):
             acc[(slice(None),) + t] += y * weight
             wsum[t] += weight
@@ -166,5 +180,5 @@ def sliding_window(image: np.ndarray, predict: Predictor, cfg: SlidingWindowConf
     if acc is None:  # nothing to run: no tile touched the mask
         return None, covered
     acc = acc[(slice(None),) + crop]
-    acc /= xp.where(covered, wsum, np.float32(1.0))  # uncovered voxels hold 0 and keep it
-    return acc, covered
+    acc /= xp.where(covered, wsum, dtype(1.0))  # uncovered voxels hold 0 and keep it
+    return acc.astype(np.float32, copy=False), covered

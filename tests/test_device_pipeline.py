@@ -121,6 +121,23 @@ def _stages(session, dev, vol, config, backend):
     return run_stages(scan, dev)
 
 
+def test_device_pipeline_with_nnunets_resampling_and_sums(device, session):
+    """The path of an imported nnU-Net package (normalized on the scan's grid, spline-resampled, tiles
+    summed in float16, logits brought back; lnrt.splines) runs on the device as on the CPU."""
+    from lnrt.models.neck import random_scan
+    from lnrt.splines import Resampling
+
+    vol = random_scan(20000, kind="neck")[0]
+    config = replace(session.config, resample_data=Resampling(3), resample_logits=Resampling(1))
+    config = config.with_window(accumulate="float16")
+    cpu, dev = (_stages(session, d, vol, config, session.backend) for d in (CPU, device))
+    assert cpu.nodes and _dice(cpu.output, dev.output) >= 0.999 and len(cpu.nodes) == len(dev.nodes)
+    for a, b in zip(cpu.nodes, dev.nodes):
+        assert abs(a["short_axis_mm"] - b["short_axis_mm"]) <= 0.1
+    plain = _stages(session, CPU, vol, session.config, session.backend)
+    assert not np.array_equal(plain.output, cpu.output)  # it is another path, not the default's
+
+
 def test_device_pipeline_with_three_classes(device, session):
     from lnrt.models.neck import random_scan
 
