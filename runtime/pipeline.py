@@ -370,8 +370,10 @@ def restore(scan: Scan, dev: Device) -> None:
 def native_probabilities(probs, logits, scan: Scan, dev: Device) -> Callable:
     """A function `native box -> (C, z, y, x)` probabilities there. lnrt's way (`logits` None): `probs`
     (the channels kept) interpolated linearly. nnU-Net's way: the logits interpolated as nnU-Net brings
-    them back (`cfg.resample_logits`), then activated; voxels no tile covered get background's logit 1
-    and 0 elsewhere, as if a tile had said so mildly."""
+    them back (`cfg.resample_logits`), rounded to half when its sums were (`accumulate`), then
+    activated; voxels no tile covered get background's logit 1 and 0 elsewhere, as if a tile had said
+    so mildly. Linear on every axis is the device's own linear resampler (nnU-Net's order 1 with edge
+    values, to float32 rounding: 0.02 s for thousands of boxes, where `sample_box` took 70 s)."""
     prep, cfg, xp = scan.prep, scan.config, dev.xp
     crop = prep.grid.crop(prep.box)
     if logits is None:
@@ -380,14 +382,19 @@ def native_probabilities(probs, logits, scan: Scan, dev: Device) -> Callable:
     logits[:, ~scan.covered] = 0.0
     logits[0, ~scan.covered] = 1.0
     target = [n if t is None else t for t, n in zip(cfg.spacing_zyx, prep.native.spacing)]
-    offset = tuple(lo for lo, _ in prep.box)
+    res, offset = cfg.resample_logits, tuple(lo for lo, _ in prep.box)
+    if res.order == 1 and res.separate_axis(target, prep.native.spacing) is None:
+        channels = [dev.ops.resampler(c, crop) for c in logits]
+        at = lambda box: xp.stack([r(prep.native.crop(box)) for r in channels])  # noqa: E731
+    else:
+        at = lambda box: sample_box(logits, prep.grid.shape, prep.native.shape, offset, box,  # noqa: E731
+                                    target, prep.native.spacing, res, xp)
+    half = cfg.window.accumulate == "float16"
     binary = len(cfg.classes) == 2
 
     def back(box):
-        z = sample_box(logits, prep.grid.shape, prep.native.shape, offset, box, target, prep.native.spacing,
-                       cfg.resample_logits, xp)
         # nnU-Net's resampled logits keep its sums' dtype: half, when it summed in half
-        z = z.astype(np.float16 if cfg.window.accumulate == "float16" else np.float32).astype(np.float32)
+        z = at(box).astype(np.float16 if half else np.float32).astype(np.float32)
         p = activate(z, cfg.activation, xp)
         return p[1:2] if binary else p
     return back

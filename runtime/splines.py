@@ -191,6 +191,15 @@ def sample_box(x, src_shape: tuple, dst_shape: tuple, offset: tuple, box: tuple,
         raise ValueError("sample_box interpolates with order 0 or 1")
     coarse = cfg.separate_axis(src_spacing, dst_spacing)
     lead = x.ndim - 3
+    # only the input the box reads: its taps' range on each axis (a view, then zoomed axis by axis)
+    window, offset = [slice(None)] * lead, list(offset)
+    for a in range(3):
+        start, w = taps(src_shape[a], dst_shape[a], cfg.order_z if a == coarse else cfg.order, *box[a])
+        lo = int(np.clip(start.min() - offset[a], 0, x.shape[lead + a] - 1))
+        hi = int(np.clip(start.max() + w.shape[1] - offset[a], lo + 1, x.shape[lead + a]))
+        window.append(slice(lo, hi))
+        offset[a] += lo
+    x = x[tuple(window)]
     for a in sorted(range(3), key=lambda a: dst_shape[a] / src_shape[a]):
         x = zoom_axis(x, lead + a, dst_shape[a], cfg.order_z if a == coarse else cfg.order, xp, n=src_shape[a],
                       lo=box[a][0], hi=box[a][1], offset=offset[a])
