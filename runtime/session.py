@@ -167,6 +167,15 @@ class Result:
         return paths
 
 
+def _model_grid_bytes(cfg: RunConfig, native: float, spacing_zyx) -> float:
+    """Bytes one stage of `cfg` holds beyond the scan's working copies (see `estimate_memory_gb`)."""
+    model = [s if m is None else m for s, m in zip(spacing_zyx, cfg.spacing_zyx)]
+    ratio = float(np.prod(np.asarray(spacing_zyx, dtype=float) / np.asarray(model, dtype=float)))
+    k = len(cfg.classes)
+    nnunet = cfg.resample_data is not None
+    return (12.0 + (12.0 if nnunet else 8.0) * k) * native * ratio + (12.0 * native if nnunet else 0.0)
+
+
 class Session:
     """Load a model package once; run scans through it (the stages are in `lnrt.pipeline`)."""
 
@@ -251,12 +260,14 @@ class Session:
 
     def estimate_memory_gb(self, shape_zyx: tuple, spacing_zyx, itemsize: int = 2) -> float:
         """Upper estimate of a run's peak memory: the decoded scan (`itemsize` bytes a voxel, from the
-        header), 20 bytes a native voxel of working copies, plus the model-grid buffers."""
+        header), 20 bytes a native voxel of working copies, plus the model-grid buffers. nnU-Net's
+        resampling (`lnrt.splines`) adds its float32 normalized copy and a float64 axis of the zoom (12
+        bytes a native voxel) and the logits' copy (4 bytes a class and model voxel). A cascade's stages
+        run one after the other: the larger of the two, plus the first stage's labels (1 byte a voxel)."""
         native = float(np.prod(shape_zyx))
-        model = [s if m is None else m for s, m in zip(spacing_zyx, self.package.spacing_zyx)]
-        ratio = float(np.prod(np.asarray(spacing_zyx, dtype=float) / np.asarray(model, dtype=float)))
-        k = len(self.package.classes)
-        return ((20.0 + itemsize) * native + (12.0 + 8.0 * k) * native * ratio) / 1e9 + 0.3
+        stages = [self] if self.previous is None else [self, self.previous]
+        grids = max(_model_grid_bytes(s.config, native, spacing_zyx) for s in stages)
+        return ((20.0 + itemsize + (len(stages) - 1)) * native + grids) / 1e9 + 0.3
 
     def check_memory(self, shape_zyx: tuple, spacing_zyx, source: str, itemsize: int = 2) -> None:
         """Refuse a scan whose estimated peak memory is above the limit (from its header's size, spacing

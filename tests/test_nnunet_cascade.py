@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,6 +104,13 @@ def test_cascade_matches_nnunets_own_predictor(tmp_path, phantom, transpose, mon
     for p in (pkg, pkg.previous_stage):  # both stages resample and sum as nnU-Net does
         assert p.manifest["resampling"]["data"]["order"] == 3 and p.manifest["resampling"]["logits"]["order"] == 1
         assert p.manifest["sliding_window"]["accumulate"] == "float16"
+    with lnrt.Session(pkg) as both, lnrt.Session(pkg.previous_stage) as alone:
+        # the memory estimate covers the larger stage, the first stage's labels and nnU-Net's resampling
+        args = ((512, 512, 250), (1.0, 0.5, 0.5), 2)
+        assert both.estimate_memory_gb(*args) > alone.estimate_memory_gb(*args)
+        own = lnrt.session._model_grid_bytes
+        plain = own(replace(both.config, resample_data=None), 512 * 512 * 250, args[1])
+        assert own(both.config, 512 * 512 * 250, args[1]) > plain
     ours, fed, timings = _lnrt(pkg, hu, origin, monkeypatch)
     assert {"previous_stage_preprocess", "previous_stage_network", "previous_stage_postprocess",
             "network"} <= set(timings)
