@@ -151,7 +151,7 @@ def model_input(ct_c, hu, native: Grid, mgrid: Grid, box: tuple, cfg: RunConfig,
     resampled with nnU-Net's splines (`lnrt.splines`), so the network sees what nnU-Net would feed it."""
     if cfg.resample_data is None:
         return normalize(hu[box_slices(box)], cfg.recipe)
-    x = normalize(dev.xp.array(ct_c, dtype=np.float32), cfg.recipe)
+    x = normalize(dev.xp.array(ct_c, dtype=np.float32, order="C"), cfg.recipe)  # a copy, in C order
     target = [n if t is None else t for t, n in zip(cfg.spacing_zyx, native.spacing)]
     x = zoom_like_nnunet(x, mgrid.shape, native.spacing, target, cfg.resample_data, dev.xp)
     return x[box_slices(box)]
@@ -383,7 +383,10 @@ def native_probabilities(probs, logits, scan: Scan, dev: Device) -> Callable:
     logits[0, ~scan.covered] = 1.0
     target = [n if t is None else t for t, n in zip(cfg.spacing_zyx, prep.native.spacing)]
     res, offset = cfg.resample_logits, tuple(lo for lo, _ in prep.box)
-    if res.order == 1 and res.separate_axis(target, prep.native.spacing) is None:
+    if prep.grid == prep.native:  # the scan is on the model's grid: nothing to interpolate
+        at = lambda box: logits[(slice(None),) + tuple(slice(lo - o, hi - o)  # noqa: E731
+                                                       for (lo, hi), o in zip(box, offset))]
+    elif res.order == 1 and res.separate_axis(target, prep.native.spacing) is None:
         channels = [dev.ops.resampler(c, crop) for c in logits]
         at = lambda box: xp.stack([r(prep.native.crop(box)) for r in channels])  # noqa: E731
     else:
@@ -395,6 +398,8 @@ def native_probabilities(probs, logits, scan: Scan, dev: Device) -> Callable:
     def back(box):
         # nnU-Net's resampled logits keep its sums' dtype: half, when it summed in half
         z = at(box).astype(np.float16 if half else np.float32).astype(np.float32)
+        if binary and cfg.activation == "softmax":  # two classes: the foreground's softmax, one exp
+            return 1.0 / (1.0 + xp.exp(xp.clip(z[0:1] - z[1:2], -80.0, 80.0)))
         p = activate(z, cfg.activation, xp)
         return p[1:2] if binary else p
     return back
