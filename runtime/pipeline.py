@@ -373,7 +373,7 @@ def native_probabilities(probs, logits, scan: Scan, dev: Device) -> Callable:
     them back (`cfg.resample_logits`), rounded to half when its sums were (`accumulate`), then
     activated; voxels no tile covered get background's logit 1 and 0 elsewhere, as if a tile had said
     so mildly. Linear on every axis is the device's own linear resampler (nnU-Net's order 1 with edge
-    values, to float32 rounding: 0.02 s for thousands of boxes, where `sample_box` took 70 s)."""
+    values, to float32 rounding; its C++ loop is cheaper per box than `sample_box`'s NumPy steps)."""
     prep, cfg, xp = scan.prep, scan.config, dev.xp
     crop = prep.grid.crop(prep.box)
     if logits is None:
