@@ -30,7 +30,8 @@ from .device import CPU, Device
 from .errors import LnrtError
 from .imageio import ScanInfo
 from .nodes import Frame, index_map, label_dtype, measure_nodes
-from .preprocess import Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample
+from .preprocess import (Grid, body_mask, bounding_box, box_slices, model_grid, normalize, resample,
+                         target_spacing_on)
 from .region import NeckRegion, find_neck_region
 from .sliding_window import sliding_window
 from .splines import sample_box, zoom_like_nnunet
@@ -152,7 +153,7 @@ def model_input(ct_c, hu, native: Grid, mgrid: Grid, box: tuple, cfg: RunConfig,
     if cfg.resample_data is None:
         return normalize(hu[box_slices(box)], cfg.recipe)
     x = normalize(dev.xp.array(ct_c, dtype=np.float32, order="C"), cfg.recipe)  # a copy, in C order
-    target = [n if t is None else t for t, n in zip(cfg.spacing_zyx, native.spacing)]
+    target = target_spacing_on(native, cfg.spacing_zyx)
     x = zoom_like_nnunet(x, mgrid.shape, native.spacing, target, cfg.resample_data, dev.xp)
     return x[box_slices(box)]
 
@@ -381,7 +382,7 @@ def native_probabilities(probs, logits, scan: Scan, dev: Device) -> Callable:
         return lambda box: xp.stack([r(prep.native.crop(box)) for r in channels])
     logits[:, ~scan.covered] = 0.0
     logits[0, ~scan.covered] = 1.0
-    target = [n if t is None else t for t, n in zip(cfg.spacing_zyx, prep.native.spacing)]
+    target = target_spacing_on(prep.native, cfg.spacing_zyx)
     res, offset = cfg.resample_logits, tuple(lo for lo, _ in prep.box)
     if prep.grid == prep.native:  # the scan is on the model's grid: nothing to interpolate
         at = lambda box: logits[(slice(None),) + tuple(slice(lo - o, hi - o)  # noqa: E731

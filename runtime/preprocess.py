@@ -30,11 +30,16 @@ class Grid:
                     tuple(o + a * s for o, (a, _), s in zip(self.origin, box, self.spacing)))
 
 
+def target_spacing_on(native: Grid, target_spacing: tuple) -> list:
+    """The model's spacing with each None (a slice model's unresampled axis) the scan's own."""
+    return [n if t is None else t for t, n in zip(target_spacing, native.spacing)]
+
+
 def model_grid(native: Grid, target_spacing: tuple) -> Grid:
     """The model-spacing grid over the same extent as `native` (spacing adjusted to fit exactly). A
     target of None on an axis keeps the native spacing there (a slice model that is not resampled across
     slices: nnU-Net's 2d configurations)."""
-    target = [n if t is None else t for t, n in zip(target_spacing, native.spacing)]
+    target = target_spacing_on(native, target_spacing)
     extent = np.array(native.shape) * np.array(native.spacing)
     shape = np.maximum(1, np.round(extent / np.array(target)).astype(int))
     spacing = extent / shape
