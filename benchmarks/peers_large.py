@@ -2,6 +2,12 @@
 (issue 22).
 
     python benchmarks/peers_large.py [--scans neck,whole] [--threads 2] [--cache /tmp/lnrt-peers-large]
+    python benchmarks/peers_large.py --folder RUN/nnUNetTrainer__nnUNetPlans__3d_fullres --package PKG \
+        --engines openvino:fp32,openvino:int8,onnxruntime:fp32 --tag trained   # a trained model
+
+With `--folder` and `--package` a trained network of the same size (`lnrt.models.train_nnunet`, its
+package exported with its gated variants by `lnrt export nnunet`) replaces the random one; an engine's
+variant must be one the package holds, i.e. one that passed its gate.
 
 The model is the size users bring: an nnU-Net v2 `3d_fullres` results folder with a PlainConvUNet of 5
 stages (32-64-128-256-320 features, InstanceNorm, 16.5 M parameters), patch 64 x 128 x 128 at 2 x 1 x 1 mm
@@ -50,8 +56,11 @@ def nnunet_env(root: Path) -> None:
         os.environ.setdefault(key, str(root))
 
 
-def make_model(cache: Path) -> tuple:
-    """(results folder, lnrt package) of the random-weight real-sized model, made once in `cache`."""
+def make_model(cache: Path, folder: Path | None = None, pkg: Path | None = None) -> tuple:
+    """(results folder, lnrt package): the given trained pair, or the random-weight real-sized model,
+    made once in `cache`."""
+    if folder is not None:
+        return folder, pkg
     from lnrt.export.nnunet import import_nnunet
     from lnrt.models import nnunet_folder as nf
     from lnrt.models.neck import make_spec, render
@@ -252,18 +261,25 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "lnrt-peers-large")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--no-batches", action="store_true", help="skip the per-backend batch timing")
+    ap.add_argument("--folder", type=Path, help="a trained nnU-Net results folder of this size (with --package)")
+    ap.add_argument("--package", type=Path, help="its lnrt package, exported with `lnrt export nnunet`")
+    ap.add_argument("--engines", default=",".join(LNRT_ENGINES), help="lnrt's backend:variant pairs")
+    ap.add_argument("--tag", default="", help="appended to the results file's name (peers-large-TAG)")
     args = ap.parse_args()
+    if (args.folder is None) != (args.package is None):
+        ap.error("--folder and --package go together")
     os.environ["LNRT_BENCH_THREADS"] = str(args.threads)
     from lnrt.bench import machine_info, save_result, synthetic_scan
     from lnrt.imageio import read_scan
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     args.cache.mkdir(parents=True, exist_ok=True)
-    folder, pkg = make_model(args.cache)
+    folder, pkg = make_model(args.cache, args.folder, args.package)
     res = {"schema": "lnrt.peers-large/1", "date": dt.date.today().isoformat(), "machine": machine_info(args.threads),
            "model": {"shape": "PlainConvUNet 5 stages 32-64-128-256-320, InstanceNorm, 16.5 M parameters",
                      "patch_zyx": [64, 128, 128], "spacing_zyx_mm": [2.0, 1.0, 1.0],
-                     "weights": "random (timing only), head bias for 1/3 foreground on a neck patch"},
+                     "weights": f"trained: {args.folder}" if args.folder else
+                     "random (timing only), head bias for 1/3 foreground on a neck patch"},
            "settings": {"step": 0.5, "sigma_scale": 0.125, "mirroring": False, "lnrt_batch": 2},
            "batches_s_per_tile": None if args.no_batches else run_child(["batches", str(pkg)], log), "scans": {}}
     for name in args.scans.split(","):
@@ -274,7 +290,7 @@ def main() -> None:
             hu = read_scan(scan)[0].array
             row = {"size_xyz": list(size), "spacing_xyz_mm": list(spacing), "engines": {}}
             masks = {}
-            for engine in LNRT_ENGINES:
+            for engine in args.engines.split(","):
                 d = tmp / engine.replace(":", "_")
                 d.mkdir()
                 row["engines"][f"lnrt_{engine.replace(':', '_')}"] = run_child(["lnrt", engine, str(scan), str(pkg),
@@ -295,7 +311,7 @@ def main() -> None:
                 for k, v in row["engines"].items() if k.startswith("lnrt_")}
             res["scans"][name] = row
             log(json.dumps({k: row[k] for k in ("nnunet_over_lnrt_end_to_end", "agreement_with_nnunet")}))
-    path = save_result(res, args.out, "peers-large")
+    path = save_result(res, args.out, "peers-large" + (f"-{args.tag}" if args.tag else ""))
     print(f"wrote {path}")
 
 

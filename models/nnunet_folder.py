@@ -152,8 +152,9 @@ def dataset() -> dict:
 
 def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None,
                 shape: Shape = SMALL, foreground: float = 1 / 3, configuration: str = "3d_fullres",
-                lowres: Shape = LOWRES, probe_seg=None, data_order: int = 3) -> Path:
-    """Write the folder; `probe` ((z, y, x) HU array, at least a patch) calibrates the head bias so that
+                lowres: Shape = LOWRES, probe_seg=None, data_order: int = 3, weights=None) -> Path:
+    """Write the folder; `weights` (one state dict per fold, e.g. from `lnrt.models.train_nnunet`)
+    replaces the random initialisation and the head calibration; `probe` ((z, y, x) HU array, at least a patch) calibrates the head bias so that
     the share `foreground` of its first patch is foreground (for a cascade with `probe_seg`, the
     previous stage's labels on the probe's grid, as its mask channels)."""
     import torch
@@ -174,10 +175,12 @@ def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, prob
     for i, f in enumerate(folds):
         torch.manual_seed(seed + i)
         net = PlainConvUNet(input_channels=1 + masks, num_classes=2, deep_supervision=False, **kw).eval()
-        if masks:
+        if weights is not None:
+            net.load_state_dict(weights[i])
+        elif masks:
             with torch.no_grad():
                 net.encoder.stages[0][0].convs[0].conv.weight[:, 1:] *= ONE_HOT_GAIN
-        if probe is not None:
+        if probe is not None and weights is None:
             _calibrate_head(net, _probe_input(probe, transpose, cfg["patch_size"], masks, probe_seg), foreground)
         ckpt = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
                 "init_args": {"plans": p, "configuration": configuration, "fold": f, "dataset_json": dataset()},

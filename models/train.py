@@ -113,7 +113,9 @@ class PhantomPool:
         for _ in range(n):
             self.items[int(self.rng.integers(len(self.items)))] = self._make()
 
-    def sample(self, patch, node_fraction):
+    def sample(self, patch, node_fraction, norm=normalize):
+    # `norm`: HU to the network's input (lnrt's window by default; nnU-Net's CTNormalization for
+    # `lnrt.models.train_nnunet`)
         hu, labels, nodes, body = self.items[int(self.rng.integers(len(self.items)))]
         if len(nodes) and self.rng.random() < node_fraction:
             centre = nodes[self.rng.integers(len(nodes))] + self.rng.integers(-8, 9, 3) * [0, 1, 1]
@@ -130,7 +132,7 @@ class PhantomPool:
         x = x * self.rng.uniform(0.92, 1.08) + self.rng.uniform(-20, 20)
         if self.rng.random() < 0.3:
             x = x + self.rng.normal(0, self.rng.uniform(3, 15), x.shape)
-        return normalize(x), y.astype(np.int64)
+        return norm(x), y.astype(np.int64)
 
 
 def loss_fn(logits, target):
