@@ -43,11 +43,11 @@ from pathlib import Path
 
 from .atomic import write_bytes, write_text
 from .errors import LnrtError
+from .sliding_window import ACCUMULATE  # the manifest's sliding_window.accumulate values
 
 FORMAT = "lnrt.package/1"
 MANIFEST = "lnrt.json"
 MANIFEST_HASH = "lnrt.json.sha256"
-ACCUMULATE = ("float32", "float16")  # sliding_window.accumulate (lnrt.sliding_window)
 RESAMPLING_SCHEMES = ("nnunet",)  # resampling.scheme (lnrt.splines); absent: lnrt's own
 TILINGS = ("body_box", "whole_scan")  # body_crop.tiling (lnrt.preprocess.BodyCropConfig)
 # input.kind: a volume model, or a slice model run along the canonical axial axis (lnrt.slices)

@@ -25,6 +25,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+ACCUMULATE = ("float32", "float16")  # how tiles are summed (SlidingWindowConfig.accumulate; the manifest's)
+
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
@@ -53,8 +55,8 @@ class SlidingWindowConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if any(a not in (0, 1, 2) for a in self.mirror_axes):
             raise ValueError(f"mirror_axes must be among 0, 1, 2, got {self.mirror_axes}")
-        if self.accumulate not in ("float32", "float16"):
-            raise ValueError(f"accumulate must be float32 or float16, got {self.accumulate!r}")
+        if self.accumulate not in ACCUMULATE:
+            raise ValueError(f"accumulate must be one of {', '.join(ACCUMULATE)}, got {self.accumulate!r}")
         if self.context < 0 or (self.context and self.patch[0] != 1):
             raise ValueError(f"context slices need a one-slice patch and a count >= 0, got {self.context} "
                              f"for patch {self.patch}")

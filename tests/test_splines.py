@@ -107,7 +107,7 @@ def test_float16_sums_round_where_tiles_barely_overlap():
     middle = (slice(6, 18), slice(10, 30), slice(10, 30))
     np.testing.assert_allclose(out["float16"][0][middle], image[middle] * 0.5, rtol=2e-3, atol=2e-3)
     assert np.abs(out["float16"] - out["float32"]).max() > 1e-4  # the half sums do differ somewhere
-    with pytest.raises(ValueError, match="accumulate must be float32 or float16"):
+    with pytest.raises(ValueError, match="accumulate must be one of float32, float16"):
         SlidingWindowConfig(patch=(16, 32, 32), accumulate="bfloat16")
 
 
