@@ -300,7 +300,7 @@ def class_fields(stats: dict, k: int, names: list) -> dict:
     fg = [(c, names[c] if c < len(names) else str(c)) for c in range(1, votes.shape[1])]
     sums = stats.get("class_sums")
     return {"class_fractions": {name: round(float(votes[k, c]) / n, 4) for c, name in fg},
-            "class_mean_prob": None if sums is None else {name: round(float(sums[k, c]) / n, 4) for c, name in fg}}
+            "class_mean_prob": None if sums is None else {name: round(float(sums[k, c - 1]) / n, 4) for c, name in fg}}
 
 
 def _node_class(votes, k: int, names: list) -> str:

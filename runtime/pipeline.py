@@ -431,12 +431,13 @@ def components(scan: Scan, dev: Device) -> None:
 
 
 def class_sums(labels, n: int, class_prob, dev: Device = CPU) -> np.ndarray:
-    """(n, K) float64: the sum of each class's probability over each component's voxels (indexed by
-    id - 1, as the statistics), for the nodes' mean class probabilities. One weighted count per class,
-    on the device where the labels are; only (n, K) numbers come to the host."""
+    """(n, K - 1) float64: the sum of each foreground class's probability over each component's voxels
+    (rows indexed by id - 1, as the statistics; column c - 1 for class c, background is never reported),
+    for the nodes' mean class probabilities. One weighted count per class, on the device where the
+    labels are; only (n, K - 1) numbers come to the host."""
     xp, flat = dev.xp, labels.reshape(-1)
     cols = [xp.bincount(flat, weights=p.reshape(-1).astype(np.float64), minlength=n + 1)[1:n + 1]
-            for p in class_prob]
+            for p in class_prob[1:]]
     return np.asarray(dev.to_host(xp.stack(cols, axis=1)), dtype=np.float64)
 
 
