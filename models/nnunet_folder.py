@@ -150,16 +150,28 @@ def dataset() -> dict:
             "numTraining": 1, "file_ending": ".nii.gz"}
 
 
+def network(cfg: dict, input_channels: int = 1):
+    """The PlainConvUNet of a (resolved) configuration, built as nnU-Net's predictor builds it from the
+    plans, with random weights (seeded by the caller)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from torch import nn
+
+    two = len(cfg["patch_size"]) == 2
+    kw = dict(cfg["architecture"]["arch_kwargs"])
+    kw.update(conv_op=nn.Conv2d if two else nn.Conv3d, norm_op=nn.InstanceNorm2d if two else nn.InstanceNorm3d,
+              dropout_op=None, nonlin=nn.LeakyReLU)
+    return PlainConvUNet(input_channels=input_channels, num_classes=2, deep_supervision=False, **kw)
+
+
 def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, probe=None,
                 shape: Shape = SMALL, foreground: float = 1 / 3, configuration: str = "3d_fullres",
                 lowres: Shape = LOWRES, probe_seg=None, data_order: int = 3, weights=None) -> Path:
-    """Write the folder; `weights` (one state dict per fold, e.g. from `lnrt.models.train_nnunet`)
-    replaces the random initialisation and the head calibration; `probe` ((z, y, x) HU array, at least a patch) calibrates the head bias so that
-    the share `foreground` of its first patch is foreground (for a cascade with `probe_seg`, the
-    previous stage's labels on the probe's grid, as its mask channels)."""
+    """Write the folder. `weights` (one state dict per fold, e.g. from `lnrt.models.train_nnunet`)
+    replaces the random initialisation and the head calibration. Otherwise `probe` ((z, y, x) HU array,
+    at least a patch) calibrates the head bias so that the share `foreground` of its first patch is
+    foreground (for a cascade with `probe_seg`, the previous stage's labels on the probe's grid, as its
+    mask channels)."""
     import torch
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
-    from torch import nn
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -167,14 +179,11 @@ def make_folder(root: Path, folds=(0,), transpose=(0, 1, 2), seed: int = 0, prob
     (root / "plans.json").write_text(json.dumps(p, indent=1))
     (root / "dataset.json").write_text(json.dumps(dataset(), indent=1))
     cfg = resolved(p, configuration)
-    kw = dict(cfg["architecture"]["arch_kwargs"])
     two = configuration == "2d"
-    kw.update(conv_op=nn.Conv2d if two else nn.Conv3d, norm_op=nn.InstanceNorm2d if two else nn.InstanceNorm3d,
-              dropout_op=None, nonlin=nn.LeakyReLU)
     masks = len(dataset()["labels"]) - 1 if "previous_stage" in cfg else 0
     for i, f in enumerate(folds):
         torch.manual_seed(seed + i)
-        net = PlainConvUNet(input_channels=1 + masks, num_classes=2, deep_supervision=False, **kw).eval()
+        net = network(cfg, 1 + masks).eval()
         if weights is not None:
             net.load_state_dict(weights[i])
         elif masks:

@@ -114,8 +114,8 @@ class PhantomPool:
             self.items[int(self.rng.integers(len(self.items)))] = self._make()
 
     def sample(self, patch, node_fraction, norm=normalize):
-    # `norm`: HU to the network's input (lnrt's window by default; nnU-Net's CTNormalization for
-    # `lnrt.models.train_nnunet`)
+        # `norm`: HU to the network's input (lnrt's window by default; nnU-Net's CT normalization for
+        # `lnrt.models.train_nnunet`)
         hu, labels, nodes, body = self.items[int(self.rng.integers(len(self.items)))]
         if len(nodes) and self.rng.random() < node_fraction:
             centre = nodes[self.rng.integers(len(nodes))] + self.rng.integers(-8, 9, 3) * [0, 1, 1]

@@ -13,7 +13,7 @@ pytest.importorskip("dynamic_network_architectures")
 
 from lnrt.export.nnunet import import_nnunet  # noqa: E402
 from lnrt.models import nnunet_folder as nf  # noqa: E402
-from lnrt.models.train_nnunet import network, train  # noqa: E402
+from lnrt.models.train_nnunet import train  # noqa: E402
 from lnrt.package import ModelPackage  # noqa: E402
 
 TINY = nf.Shape((2.0, 1.0, 1.0), (16, 32, 32), (4, 8))
@@ -23,7 +23,7 @@ def test_trained_weights_reach_the_folder_and_the_package(tmp_path):
     folder = train(tmp_path / "run", 4, shape=TINY, patch=(16, 32, 32), pool_size=2, log_every=2)
     saved = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
     torch.manual_seed(0)
-    init = network(TINY).state_dict()
+    init = nf.network(nf.resolved(nf.plans(shape=TINY), "3d_fullres")).state_dict()
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["iteration"] == 4
     for k, v in ckpt["model"].items():  # the folder holds the trained weights, not a fresh network
