@@ -402,7 +402,8 @@ def batch_settings(session_options: dict, save_options: dict, check_hu: bool) ->
     variant = session_options["variant"]
     package = ModelPackage.load(session_options.get("model"))
     file_variant = "fp32" if variant == "bf16" else variant
-    decisive = ("variant", "mirror_axes", "overlap", "min_volume_mm3", "neck_region", "min_short_axis_px")
+    decisive = ("variant", "mirror_axes", "overlap", "min_volume_mm3", "neck_region", "min_short_axis_px",
+                "split_touching_mm")
     out = {k: _jsonable(session_options.get(k)) for k in decisive}
     out["mirror_axes"] = list(out["mirror_axes"]) if out["mirror_axes"] is not None else None
     out.update(model=package.verify_model(file_variant), package=package.package_sha256, check_hu=check_hu)

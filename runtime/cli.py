@@ -279,6 +279,9 @@ model_options = [
                  help="Report findings outside the neck too (turns off the model's neck-region rule)."),
     click.option("--min-short-axis-px", type=Finite(0), default=None,
                  help="Drop findings with a short axis below this many in-plane pixels (default: model's)."),
+    click.option("--split-touching-mm", type=Finite(0), default=None,
+                 help="Cut touching nodes apart at waists this deep in mm, 0 to keep components whole "
+                      "(default: model's)."),
 ]
 
 
@@ -295,7 +298,7 @@ def _session_options(kw: dict) -> dict:
             "variant": kw.pop("variant"), "threads": kw.pop("threads"), "batch_size": kw.pop("batch_size"),
             "mirror_axes": None if tta is None else ((0, 1, 2) if tta else ()),
             "memory_limit_gb": kw.pop("max_memory_gb"), "neck_region": not kw.pop("all_regions"),
-            "min_short_axis_px": kw.pop("min_short_axis_px")}
+            "min_short_axis_px": kw.pop("min_short_axis_px"), "split_touching_mm": kw.pop("split_touching_mm")}
 
 
 @cli.command()

@@ -32,6 +32,7 @@ class RunConfig:
     min_volume_mm3: float
     connectivity: int
     min_short_axis_px: float  # 0: no resolution floor
+    split_touching_mm: float = 0.0  # h of the touching-nodes split (lnrt.touching); 0: components stay whole
     previous_labels: tuple = ()  # a cascade: the first stage's labels fed as one-hot channels after the CT
     # the manifest's `resampling` (scheme "nnunet"): the CT normalized on the scan's grid, then resampled
     # as nnU-Net does (`data`), and the logits, not the probabilities, brought back (`logits`); None: lnrt's
@@ -42,7 +43,8 @@ class RunConfig:
     @classmethod
     def from_package(cls, pkg: ModelPackage, batch_size: int | None = None, mirror_axes: tuple | None = None,
                      overlap: float | None = None, min_volume_mm3: float | None = None,
-                     neck_region: bool = True, min_short_axis_px: float | None = None) -> "RunConfig":
+                     neck_region: bool = True, min_short_axis_px: float | None = None,
+                     split_touching_mm: float | None = None) -> "RunConfig":
         """The manifest's defaults with the caller's overrides (None: the manifest's value)."""
         sw, post = pkg.section("sliding_window"), pkg.section("postprocessing")
         window = SlidingWindowConfig(
@@ -64,6 +66,8 @@ class RunConfig:
             connectivity=check_connectivity(int(post.get("connectivity", 26))),
             min_short_axis_px=float(post.get("min_short_axis_px", 0.0) if min_short_axis_px is None
                                     else min_short_axis_px),
+            split_touching_mm=float(post.get("split_touching_mm", 0.0) if split_touching_mm is None
+                                    else split_touching_mm),
             previous_labels=pkg.previous_labels,
             resample_data=Resampling.from_section(pkg.section("resampling"), "data"),
             resample_logits=Resampling.from_section(pkg.section("resampling"), "logits"),
@@ -89,6 +93,8 @@ class RunConfig:
                   and (k != "accumulate" or self.window.accumulate != "float32")}
         out = {"sliding_window": window,
                "min_volume_mm3": self.min_volume_mm3, "connectivity": self.connectivity}
+        if self.split_touching_mm:  # other reports stay as they were
+            out["split_touching_mm"] = self.split_touching_mm
         if self.resample_data is not None:  # other reports stay as they were
             out["resampling"] = {"scheme": "nnunet", "data": vars(self.resample_data).copy(),
                                  "logits": vars(self.resample_logits).copy()}

@@ -417,11 +417,13 @@ def _check_sliding_window(s: _Schema, m, voxels: int, classes: list):
 
 def _check_postprocessing(s: _Schema, m):
     post = s.obj(m, "postprocessing", "postprocessing", required=False,
-                 allowed=("min_volume_mm3", "connectivity", "neck_region", "min_short_axis_px"))
+                 allowed=("min_volume_mm3", "connectivity", "neck_region", "min_short_axis_px",
+                          "split_touching_mm"))
     s.num(post, "min_volume_mm3", "postprocessing.min_volume_mm3", 0)
     if "connectivity" in post and (not _is_int(post["connectivity"]) or post["connectivity"] not in (6, 18, 26)):
         s.fail("postprocessing.connectivity", post["connectivity"], "6, 18 or 26")
     s.num(post, "min_short_axis_px", "postprocessing.min_short_axis_px", 0)
+    s.num(post, "split_touching_mm", "postprocessing.split_touching_mm", 0)
     neck = post.get("neck_region", _ABSENT)
     if neck not in (_ABSENT, None, False):
         if not isinstance(neck, dict):

@@ -414,6 +414,8 @@ def components(scan: Scan, dev: Device) -> None:
     cfg = scan.config
     labels, n = dev.ops.label(scan.fg, cfg.connectivity)
     scan.fg = None
+    if cfg.split_touching_mm > 0:
+        labels, n = split_components(scan, dev, labels, n)
     lo = [a for a, _ in scan.fg_box]
     ct = scan.prep.ct[box_slices(scan.fg_box)]
     k = len(cfg.classes) if scan.classes is not None else 0
@@ -428,6 +430,19 @@ def components(scan: Scan, dev: Device) -> None:
     # what the size floor removed, said in the report: with a noisy model it can be most of the mask
     scan.rules["min_volume"] = {"mm3": cfg.min_volume_mm3, "dropped": int(n - scan.ids.size),
                                 "voxels_dropped": int(scan.stats["count"][~keep].sum())}
+
+
+def split_components(scan: Scan, dev: Device, labels, n: int) -> tuple:
+    """(labels, n) with touching nodes cut apart (`lnrt.touching`), on the host: on a GPU the labels of
+    the foreground box make one round trip. The report says how many components were cut."""
+    from .touching import split_touching
+
+    cfg = scan.config
+    spacing_c = scan.vol.spacing_zyx[list(scan.orient.perm)]
+    out, m, cut = split_touching(dev.to_host(labels), n, spacing_c, cfg.split_touching_mm,
+                                 cfg.min_voxels(voxel_volume_mm3(scan.vol)), cfg.connectivity)
+    scan.rules["split_touching"] = {"h_mm": cfg.split_touching_mm, "split": cut, "pieces_added": m - n}
+    return (dev.asarray(out) if cut else labels), m
 
 
 def class_sums(labels, n: int, class_prob, dev: Device = CPU) -> np.ndarray:
@@ -546,7 +561,8 @@ def run_stages(scan: Scan, dev: Device, stages=None) -> Scan:
 def settings(scan: Scan) -> dict:
     """The report's settings: the configuration's, plus what this run found (grid, box, tiles, rules)."""
     base, prep, o = scan.config.to_dict(), scan.prep, scan.orient
-    return {"sliding_window": base["sliding_window"],
+    split = {"split_touching_mm": base["split_touching_mm"]} if "split_touching_mm" in base else {}
+    return {**split, "sliding_window": base["sliding_window"],
             "model_grid_zyx": list(prep.grid.shape) if prep else None,
             "body_box_zyx": prep and prep.box and [list(b) for b in prep.box], "tiles": scan.tiles,
             "min_volume_mm3": base["min_volume_mm3"], "connectivity": base["connectivity"], "rules": scan.rules,

@@ -184,7 +184,7 @@ class Session:
                  batch_size: int | None = None, mirror_axes: tuple | None = None,
                  overlap: float | None = None, min_volume_mm3: float | None = None,
                  memory_limit_gb: float | None = None, neck_region: bool = True,
-                 min_short_axis_px: float | None = None):
+                 min_short_axis_px: float | None = None, split_touching_mm: float | None = None):
         self.package = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
         self.variant = variant
         # bf16 is not a file: the fp32 model with OpenVINO's bf16 precision hint
@@ -201,7 +201,7 @@ class Session:
         self.backend = REGISTRY[name].factory(self.package.onnx_path(file_variant), threads=threads,
                                               precision=precision, package=self.package, variant=file_variant)
         self.config = RunConfig.from_package(self.package, batch_size, mirror_axes, overlap, min_volume_mm3,
-                                             neck_region, min_short_axis_px)
+                                             neck_region, min_short_axis_px, split_touching_mm)
         self.memory_limit_gb = memory_limit_gb or 0.8 * _physical_memory_gb()
         self._file_variant, self._threads, self._fallback = file_variant, threads, None
         # a cascade's first stage: its own session on the same backend and device, TTA and overlap as
@@ -217,6 +217,7 @@ class Session:
     min_volume_mm3 = property(lambda self: self.config.min_volume_mm3)
     connectivity = property(lambda self: self.config.connectivity)
     min_short_axis_px = property(lambda self: self.config.min_short_axis_px)
+    split_touching_mm = property(lambda self: self.config.split_touching_mm)
 
     def _gated_backend(self, variant: str, backend: str) -> str:
         """A variant never runs on a backend where its parity gate failed: the automatic choice skips

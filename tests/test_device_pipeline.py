@@ -138,6 +138,22 @@ def test_device_pipeline_with_nnunets_resampling_and_sums(device, session):
     assert not np.array_equal(plain.output, cpu.output)  # it is another path, not the default's
 
 
+def test_device_pipeline_with_the_touching_nodes_split(device, session):
+    """The split (lnrt.touching) runs on the host: on the device the labels make one round trip, and the
+    nodes are the CPU's."""
+    from lnrt.models.neck import random_scan
+
+    vol = random_scan(20014, kind="neck")[0]  # the default model marks two nodes of it as one
+    config = replace(session.config, split_touching_mm=1.0)
+    cpu, dev = (_stages(session, d, vol, config, session.backend) for d in (CPU, device))
+    whole = _stages(session, CPU, vol, session.config, session.backend)
+    assert cpu.rules["split_touching"]["split"] >= 1 and dev.rules["split_touching"] == cpu.rules["split_touching"]
+    assert len(cpu.nodes) > len(whole.nodes)
+    assert np.array_equal(cpu.output, dev.output) and len(cpu.nodes) == len(dev.nodes)
+    for a, b in zip(cpu.nodes, dev.nodes):
+        assert abs(a["short_axis_mm"] - b["short_axis_mm"]) <= 0.1
+
+
 def test_device_pipeline_with_three_classes(device, session):
     from lnrt.models.neck import random_scan
 
