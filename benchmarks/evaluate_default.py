@@ -12,6 +12,10 @@ axis-aligned direction with a random origin, written as NIfTI, run through `lnrt
 `--kind abdomen` scores abdomens with no nodes (every detection is a false positive). Both measure
 false positives on anatomy beyond the neck, at 0.7-1.0 mm in-plane and 2-3 mm slices (the volumes are
 3-4 times larger than the neck's); their results are written as `model-eval-<kind>.json`.
+
+`--family NAME` gives every neck one family of `lnrt.models.families` (flattened, fatty_hilum,
+sharp_kernel): trained without it, a model is scored on a kind of node or scanner it has never seen
+(the held-out-family protocol of issue 19); results go to `model-eval-family-<name>.json`.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ import lnrt
 from lnrt.bench import machine_info, save_result
 from lnrt.evaluate import evaluate_scan, format_table, summarize
 from lnrt.imageio import to_sitk
-from lnrt.models.neck import random_scan
+from lnrt.models.families import apply_family
+from lnrt.models.neck import make_spec, random_scan
 
 
 def main() -> None:
@@ -37,11 +42,17 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=16)
     ap.add_argument("--seed0", type=int, default=20000)
     ap.add_argument("--kind", choices=("neck", "context", "abdomen"), default="neck")
+    ap.add_argument("--family", default=None,
+                    help="a held-out family of lnrt.models.families given to every neck (flattened, fatty_hilum, "
+                         "sharp_kernel); results go to model-eval-family-<name>.json")
+    ap.add_argument("--split-touching-mm", type=float, default=None,
+                    help="the touching-nodes split's height (default: the package's; 0: off)")
     ap.add_argument("--variant", default="fp32", help="precision variant of the package (default fp32)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    session = lnrt.Session(args.model, backend=args.backend, variant=args.variant)
+    session = lnrt.Session(args.model, backend=args.backend, variant=args.variant,
+                           split_touching_mm=args.split_touching_mm)
     scans, settings = [], []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +60,7 @@ def main() -> None:
             seed = args.seed0 + i
             # beyond the neck the volumes are 3-4x larger: coarser (still clinical) spacing keeps them in memory
             grid = {} if args.kind == "neck" else {"in_plane": (0.7, 1.0), "slices": (2.0, 3.0)}
-            ct, truth, spec = random_scan(seed, kind=args.kind, **grid)
+            ct, truth, spec = random_scan(seed, kind=args.kind, family=args.family, **grid)
             path = Path(tmp) / f"phantom_{seed}.nii.gz"
             sitk.WriteImage(to_sitk(ct), str(path), useCompression=True)
             res = session.run(path)
@@ -59,12 +70,19 @@ def main() -> None:
             scans.append(r)
             settings.append({"seed": seed, "spacing_xyz_mm": [round(s, 3) for s in ct.spacing],
                              "shape_zyx": list(ct.shape), "direction": ct.direction.ravel().tolist()})
+            if args.family:  # how much of the phantom the family changed (the same draw again)
+                settings[-1]["family_nodes"] = apply_family(make_spec(seed), args.family, seed)
             print(f"{r['name']}: {r['true_nodes']} nodes, found {r['detected']}, FP {r['false_positives']}, "
                   f"Dice {r['dice']:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     result = {"schema": "lnrt.evaluation/1", "benchmark": "model_eval", "date": dt.date.today().isoformat(),
               "machine": machine_info(),
-              "kind": args.kind, "model": session.model_info(), "summary": summarize(scans), "scans": scans, "phantoms": settings}
-    suffix = ("" if args.kind == "neck" else f"-{args.kind}") + ("" if args.variant == "fp32" else f"-{args.variant}")
+              "kind": args.kind, "family": args.family, "split_touching_mm": session.split_touching_mm,
+              "model": session.model_info(), "summary": summarize(scans), "scans": scans, "phantoms": settings}
+    if args.family:  # the nodes the family changed, alone (false positives and Dice stay per scan)
+        only = [dict(r, nodes=[n for n in r["nodes"] if n["id"] in p["family_nodes"]]) for r, p in zip(scans, settings)]
+        result["summary_family_nodes"] = summarize(only)
+    suffix = ("" if args.kind == "neck" else f"-{args.kind}") + ("" if args.variant == "fp32" else f"-{args.variant}") \
+        + (f"-family-{args.family}" if args.family else "")
     path = save_result(result, args.out, f"model-eval{suffix}")
     print(format_table(result))
     print(f"wrote {path}")

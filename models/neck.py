@@ -49,6 +49,7 @@ class Node:
     level: str
     necrosis: float = 0.0  # relative size of the necrotic core (0: none)
     lobes: tuple = ()  # (amplitude, frequency, phase) of an outline modulation; () = ellipsoid
+    hilum: tuple = ()  # (width fraction, side +-1, HU) of a fatty hilum at the edge (lnrt.models.families)
 
     @property
     def long_axis_mm(self) -> float:
@@ -74,6 +75,7 @@ class NeckSpec:
     blur_sigma: tuple = (0.6, 0.4)  # partial-volume blur (in-plane, along z) in voxels
     small_veins: list = field(default_factory=list)  # (x0, y0, dx, dy, radius, hu): tubes along z
     nodes: list = field(default_factory=list)
+    kernel: tuple = ()  # (amount, sigma mm) of a sharp reconstruction kernel (lnrt.models.families); () = none
 
 
 def _vessel_paths(rng, height, enhanced=True):
@@ -109,6 +111,11 @@ def _jugular(p, z, height):
     return (c[0] + p["jx"], c[1] + p["jy"], p["rj"] * (1.0 + 0.2 * np.sin(2 * np.pi * z / height + p["ph"])))
 
 
+def submandibular_gland(side: int) -> tuple:
+    """(cx, cy, a, b, angle, hu) of one submandibular gland (drawn at height fractions 0.62-0.9)."""
+    return (side * 32, -34, 13, 9, side * 0.3, 45.0)
+
+
 def soft_tissue(spec: NeckSpec, t: float) -> list:
     """Muscles and glands at height fraction t: (cx, cy, a, b, angle, hu) ellipses, painted in order.
 
@@ -123,7 +130,7 @@ def soft_tissue(spec: NeckSpec, t: float) -> list:
         if t < 0.35:
             out.append((side * 16, -24, 7, 12 * (1 - t), 0.0, 110.0))  # thyroid lobe
         if 0.62 < t < 0.9:
-            out.append((side * 32, -34, 13, 9, side * 0.3, 45.0))  # submandibular gland
+            out.append(submandibular_gland(side))
         if t > 0.85:
             out.append((side * 48, 6, 11, 17, 0.0, -10.0))  # parotid
     if t < 0.35:
@@ -185,6 +192,27 @@ def make_spec(seed: int, n_nodes: tuple = (4, 14)) -> NeckSpec:
                 spec.nodes.extend(cluster)
                 break
     return spec
+
+
+def confounders(spec: NeckSpec, per_structure: int = 6) -> np.ndarray:
+    """Points (x, y, z mm, phantom frame) inside the node-density tissue that is not a node: both
+    submandibular glands (45 HU, node-sized, 26 x 18 mm and 30-45 mm long) and, on unenhanced scans, the
+    jugular veins, carotids and small veins (35-55 HU). `per_structure` heights each, evenly spread.
+
+    Patches centred here are the hard negatives of `lnrt.models.train --confounder-fraction`: a model
+    fine-tuned on enlarged nodes alone called these structures nodes, 2.8 false positives per held-out
+    scan at probability 0.80-0.86 (issue 19, model card), because by density and size they are nodes."""
+    H, pts = spec.height, []
+    for t in np.linspace(0.64, 0.88, per_structure):
+        pts.extend(submandibular_gland(side)[:2] + (t * H,) for side in (-1, 1))
+    if spec.vessels and next(iter(spec.vessels.values()))["hu_a"] < 100:  # unenhanced
+        for z in np.linspace(0.05 * H, 0.95 * H, per_structure):
+            for p in spec.vessels.values():
+                pts.append(_jugular(p, z, H)[:2] + (z,))
+                pts.extend(c[:2] + (z,) for c in _carotid(p, z, H))
+            for vx0, vy0, dvx, dvy, _r, _hu in spec.small_veins:
+                pts.append((vx0 + dvx * z / H, vy0 + dvy * z / H, z))
+    return np.asarray(pts, float).reshape(-1, 3)
 
 
 def add_probe_node(spec: NeckSpec, rng: np.random.Generator, short: float, cc: float, hu: float,
@@ -341,6 +369,11 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
                 labels[k][inside] = i
                 if n.necrosis:
                     s[inside & (e <= n.necrosis ** 2)] = rng.uniform(10, 20)
+                if n.hilum:  # at the edge of the short axis, inside the node's outline
+                    frac, side, fat = n.hilum
+                    off = side * b * (1 - frac)
+                    hx, hy = n.center[0] - off * np.sin(n.angle), n.center[1] + off * np.cos(n.angle)
+                    s[inside & (_ellipse(X, Y, hx, hy, frac * a, frac * b, n.angle) <= 1)] = fat
             s[body > 1] = -1000.0  # nothing outside the body outline
             for zc, amp, nrays, ang0, src in spec.streaks:
                 if abs(z - zc) < 3 * sz:
@@ -358,13 +391,15 @@ def render(spec: NeckSpec, spacing_zyx=(2.0, 1.0, 1.0), fov_xy=(180.0, 150.0), p
             if len(rows):
                 marble(hu, spacing_zyx, context.texture, np.random.default_rng(spec.seed + 9_000_001 + int(rows[0])),
                        rows=slice(int(rows[0]), int(rows[-1]) + 1))
-    return imaging(hu, spacing_zyx, spec.blur_sigma if spec.blur else None, spec.noise, rng), labels, origin
+    return imaging(hu, spacing_zyx, spec.blur_sigma if spec.blur else None, spec.noise, rng,
+                   spec.kernel), labels, origin
 
 
-def imaging(hu, spacing_zyx, blur_sigma, noise, rng):
+def imaging(hu, spacing_zyx, blur_sigma, noise, rng, kernel=()):
     """Partial-volume blur, then Gaussian noise, in place where possible. blur_sigma (in-plane, along z)
     is in voxels of a 1 x 1 x 2 mm grid, so the physical blur is the same at any rendering spacing;
-    None means no blur."""
+    None means no blur. `kernel` (amount, sigma mm): a sharp reconstruction kernel, unsharp masking of
+    the noisy image (edges overshoot, the noise turns grainy)."""
     sz, sy, sx = spacing_zyx
     if blur_sigma is not None:
         bxy = blur_sigma[0] * 1.0 / min(sy, sx)
@@ -372,6 +407,12 @@ def imaging(hu, spacing_zyx, blur_sigma, noise, rng):
         hu = _blur_axis(_blur_axis(_blur_axis(hu, bxy, 2), bxy, 1), bz, 0)
     for k in range(hu.shape[0]):
         hu[k] += rng.normal(0, noise, hu.shape[1:]).astype(np.float32)
+    if kernel:
+        amount, sigma = kernel
+        smooth = hu
+        for axis, step in enumerate(spacing_zyx):
+            smooth = _blur_axis(smooth, sigma / step, axis)
+        hu += np.float32(amount) * (hu - smooth)
     return hu
 
 
@@ -383,13 +424,14 @@ def truth_table(spec: NeckSpec) -> list:
             for i, n in enumerate(spec.nodes, start=1)]
 
 
-def random_scan(seed: int, in_plane=(0.4, 1.0), slices=(0.6, 3.0), kind: str = "neck"):
+def random_scan(seed: int, in_plane=(0.4, 1.0), slices=(0.6, 3.0), kind: str = "neck", family: str | None = None):
     """A phantom as a scanner would store it: (ct Volume int16, truth Volume uint16, spec).
 
     Random in-plane spacing and slice thickness, a random axis-aligned storage direction (any of the
     48 signed axis permutations: LPS, RAS, coronal or sagittal stacks...) and a random origin.
     kind: "neck" (the neck alone), "context" (the neck with the head above and the shoulders and lung
     apices below, `lnrt.models.context`) or "abdomen" (no nodes at all; spec is then an AbdomenSpec).
+    `family`: a held-out family of `lnrt.models.families` given to the neck (None: the plain generator).
     """
     from lnrt.volume import stored_as
 
@@ -403,6 +445,9 @@ def random_scan(seed: int, in_plane=(0.4, 1.0), slices=(0.6, 3.0), kind: str = "
         hu, labels, origin = render_abdomen(spec, sp)
     elif kind in ("neck", "context"):
         spec = make_spec(seed)
+        if family is not None:
+            from .families import apply_family
+            apply_family(spec, family, seed)
         ctx = make_context(spec, seed, p_below=1.0, p_above=1.0) if kind == "context" else None
         hu, labels, origin = render(spec, sp, context=ctx)  # the body spans every slice, as in a patient scan
     else:
