@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from lnrt.errors import LnrtError
 
-from .neck import make_spec, render
+from .neck import confounders, make_spec, render
 from .unet import EDGE, UNet, UNetConfig
 
 SPACING = (2.0, 1.0, 1.0)
@@ -79,8 +79,11 @@ def add_enlarged_nodes(spec, rng: np.random.Generator) -> int:
 
 
 class PhantomPool:
-    def __init__(self, size: int, seed0: int, rng: np.random.Generator, mix: dict | None = None):
+    def __init__(self, size: int, seed0: int, rng: np.random.Generator, mix: dict | None = None,
+                 families: tuple = (), family_share: float = 0.0):
+        # `families`: of lnrt.models.families, given to a `family_share` of the necks; the others are held out
         self.seed0, self.rng, self.next = seed0, rng, 0
+        self.families, self.family_share = tuple(families), float(family_share)
         self.mix = {"abdomen": 0.0, "context": 0.0, "coarse": 0.0, "enlarged": 0.0, **(mix or {})}
         self.items = [self._make() for _ in range(size)]
 
@@ -89,36 +92,51 @@ class PhantomPool:
         seed = self.seed0 + self.next
         self.next += 1
         u = self.rng.random()
+        spec = None
         if u < self.mix["abdomen"]:
             hu, labels, _ = render_abdomen(make_abdomen(seed), SPACING)
         elif u < self.mix["abdomen"] + self.mix["context"]:
             spec = self._neck(seed)
-            hu, labels, _ = render(spec, SPACING, context=make_context(spec, seed))
+            hu, labels, origin = render(spec, SPACING, context=make_context(spec, seed))
         else:
             pad = float(self.rng.uniform(6, 30)) if self.rng.random() < 1 / 3 else 0.0
-            hu, labels, _ = render(self._neck(seed), SPACING, pad_z=pad)
+            spec = self._neck(seed)
+            hu, labels, origin = render(spec, SPACING, pad_z=pad)
         if self.rng.random() < self.mix["coarse"]:
             hu = coarsen(hu, float(self.rng.uniform(1.5, 4.5)), float(self.rng.uniform(2.0, 5.0)))
         nodes = np.argwhere(labels > 0)
         body = np.argwhere(hu[:, ::8, ::8] > -500) * np.array([1, 8, 8])
-        return hu, labels, nodes, body
+        conf = np.zeros((0, 3), int)
+        if spec is not None:  # (x, y, z) mm to (z, y, x) voxels of this render
+            xyz = (confounders(spec) - origin) / np.asarray(SPACING[::-1])
+            conf = np.round(xyz[:, ::-1]).astype(int)
+            conf = conf[((conf >= 0) & (conf < hu.shape)).all(1)]
+        return hu, labels, nodes, body, conf
 
     def _neck(self, seed: int):
         spec = make_spec(seed)
         if self.rng.random() < self.mix["enlarged"]:
             add_enlarged_nodes(spec, self.rng)
+        if self.families and self.rng.random() < self.family_share:  # no draw without families: the stream
+            from .families import apply_family                          # of earlier runs is unchanged
+            apply_family(spec, self.families[int(self.rng.integers(len(self.families)))], seed)
         return spec
 
     def refresh(self, n: int):
         for _ in range(n):
             self.items[int(self.rng.integers(len(self.items)))] = self._make()
 
-    def sample(self, patch, node_fraction, norm=normalize):
+    def sample(self, patch, node_fraction, norm=normalize, confounder_fraction=0.0):
         # `norm`: HU to the network's input (lnrt's window by default; nnU-Net's CT normalization for
-        # `lnrt.models.train_nnunet`)
-        hu, labels, nodes, body = self.items[int(self.rng.integers(len(self.items)))]
-        if len(nodes) and self.rng.random() < node_fraction:
+        # `lnrt.models.train_nnunet`). `confounder_fraction`: the share of patches centred on a gland or an
+        # unenhanced vessel (`neck.confounders`); 0 leaves the random stream as it was before it existed.
+        hu, labels, nodes, body, conf = self.items[int(self.rng.integers(len(self.items)))]
+        node = len(nodes) and self.rng.random() < node_fraction
+        if node:
             centre = nodes[self.rng.integers(len(nodes))] + self.rng.integers(-8, 9, 3) * [0, 1, 1]
+        elif confounder_fraction and len(conf) and \
+                self.rng.random() < confounder_fraction / max(1e-6, 1 - node_fraction):
+            centre = conf[self.rng.integers(len(conf))] + self.rng.integers(-8, 9, 3) * [0, 1, 1]
         else:
             centre = body[self.rng.integers(len(body))]
         start = [int(np.clip(c - p // 2, 0, max(0, s - p))) for c, p, s in zip(centre, patch, hu.shape)]
@@ -212,15 +230,17 @@ def train(args):
     (out / "config.json").write_text(json.dumps({"unet": cfg.to_dict(), "args": vars(args)}, indent=2))
     mix = dict(zip(("abdomen", "context", "coarse"), getattr(args, "mix", (0.0, 0.0, 0.0))),
                enlarged=getattr(args, "enlarged", 0.0))
-    pool = PhantomPool(args.pool, TRAIN_SEED0 + 100_000 * (start // 100_000) + start, rng, mix)
+    pool = PhantomPool(args.pool, TRAIN_SEED0 + 100_000 * (start // 100_000) + start, rng, mix,
+                       getattr(args, "families", ()) or (), getattr(args, "family_share", 0.0))
     val = [render(make_spec(VAL_SEED0 + i), SPACING)[:2] for i in range(args.val_count)]
     log = open(out / "train_log.jsonl", "a")
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: (1 - min(i + start, args.iterations) / (args.iterations + 1)) ** 0.9)
-    t0, running = time.time(), []
+    t0, running, confounder = time.time(), [], getattr(args, "confounder_fraction", 0.0)
     for it in range(start, args.iterations):
         model.train()
-        xs, ys = zip(*[pool.sample(args.patch, args.node_fraction) for _ in range(args.batch_size)])
+        xs, ys = zip(*[pool.sample(args.patch, args.node_fraction, confounder_fraction=confounder)
+                        for _ in range(args.batch_size)])
         x = torch.from_numpy(np.stack(xs)[:, None]).to(device)
         y = torch.from_numpy(np.stack(ys)).to(device)
         running.append(step(opt, sched, loss_fn(model(x), y)))
@@ -267,6 +287,8 @@ def main():
     ap.add_argument("--patch", type=int, nargs=3, default=(32, 64, 64))
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--node-fraction", type=float, default=0.5)
+    ap.add_argument("--confounder-fraction", type=float, default=0.0,
+                    help="share of patches centred on a submandibular gland or an unenhanced vessel (hard negatives)")
     ap.add_argument("--pool", type=int, default=24)
     ap.add_argument("--refresh-every", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=25)
@@ -284,6 +306,9 @@ def main():
                          f"pool (0 0 0: the neck alone; the default model's last phase used {' '.join(map(str, MIX.values()))})")
     ap.add_argument("--enlarged", type=float, default=0.0,
                     help="share of neck phantoms given 1-3 enlarged nodes on purpose (15-30 mm, up to 50 mm long)")
+    ap.add_argument("--families", nargs="*", default=(), choices=("flattened", "fatty_hilum", "sharp_kernel"),
+                    help="families of lnrt.models.families to train on (the rest stay held out; default none)")
+    ap.add_argument("--family-share", type=float, default=0.3, help="share of necks given one of --families")
     ap.add_argument("--package", default=None, help="after training, write a model package here")
     ap.add_argument("--package-only", action="store_true", help="package the checkpoint, no training")
     args = ap.parse_args()

@@ -165,13 +165,38 @@ def test_phantom_pool_mixes_abdomens_and_context_as_asked():
 
     rng = np.random.default_rng(3)
     abd = PhantomPool(2, 1000, rng, {"abdomen": 1.0, "context": 0.0, "coarse": 0.0})
-    assert all(len(nodes) == 0 for _, _, nodes, _ in abd.items)  # abdomens have no neck nodes
+    assert all(len(nodes) == 0 and len(conf) == 0 for _, _, nodes, _, conf in abd.items)  # no neck nodes
     x, y = abd.sample((16, 32, 32), node_fraction=1.0)  # falls back to body patches
     assert x.shape == (16, 32, 32) and not y.any()
     ctx = PhantomPool(1, 1000, rng, {"abdomen": 0.0, "context": 1.0, "coarse": 1.0})
     plain = PhantomPool(1, 1000, rng)
     assert ctx.items[0][0].shape[2] > plain.items[0][0].shape[2]  # shoulders or head widen the field
     assert len(ctx.items[0][2]) > 0  # the neck keeps its nodes
+    assert len(ctx.items[0][4]) > 0 and len(plain.items[0][4]) > 0  # and its glands as hard negatives
+
+
+def test_confounders_lie_in_node_density_tissue_that_is_not_a_node():
+    """The hard negatives of --confounder-fraction: the submandibular glands always, the vessels when the
+    scan is unenhanced (then they have node density), never a node."""
+    from lnrt.models.neck import confounders, make_spec, render
+    from lnrt.models.train import SPACING
+
+    kinds = set()
+    for seed in range(1000, 1012):
+        spec = make_spec(seed)
+        spec.blur, spec.noise = False, 0.0
+        hu, labels, origin = render(spec, SPACING)
+        pts = confounders(spec)
+        unenhanced = spec.vessels[1]["hu_a"] < 100
+        kinds.add(unenhanced)
+        # 6 heights of both glands; on unenhanced scans also both jugulars, the carotids and the small veins
+        assert len(pts) == 12 if not unenhanced else len(pts) > 12 + 6 * (4 + len(spec.small_veins))
+        idx = np.round(((pts - origin) / np.asarray(SPACING[::-1]))[:, ::-1]).astype(int)
+        values, lab = hu[tuple(idx.T)], labels[tuple(idx.T)]
+        # (an enlarged node may displace a gland: then the point is in the node, as the label says)
+        assert (((values >= 30) & (values <= 60)) | (lab > 0)).mean() >= 0.9, (seed, values)
+        assert (lab == 0).mean() >= 0.5
+    assert kinds == {True, False}  # both kinds of scan were seen
 
 
 def test_enlarged_nodes_are_placed_on_purpose():
