@@ -143,7 +143,7 @@ def test_device_pipeline_with_the_touching_nodes_split(device, session):
     nodes are the CPU's."""
     from lnrt.models.neck import random_scan
 
-    vol = random_scan(20014, kind="neck")[0]  # the default model marks two nodes of it as one
+    vol = random_scan(20014, kind="neck")[0]  # one of the components 1.2 marks there is cut in two
     config = replace(session.config, split_touching_mm=1.0)
     cpu, dev = (_stages(session, d, vol, config, session.backend) for d in (CPU, device))
     whole = _stages(session, CPU, vol, session.config, session.backend)

@@ -142,3 +142,24 @@ def test_manifest_refuses_a_negative_split_height(split_package, tmp_path):
     manifest["postprocessing"]["split_touching_mm"] = -1
     with pytest.raises(lnrt.LnrtError, match="postprocessing.split_touching_mm is -1; expected a finite number >= 0"):
         write_manifest(root, manifest)  # a package is checked when it is sealed, and again when loaded
+
+
+def test_the_split_benchmark_runs_and_records_each_height(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "split_touching.py"
+    spec = importlib.util.spec_from_file_location("split_touching_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["split_touching.py", "--scans", "1", "--seed0", "20014",
+                                      "--heights", "0", "1", "--out", str(tmp_path)])
+    bench.main()
+    (out,) = tmp_path.glob("*-split-touching.json")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["h_mm"] for r in rows] == [0.0, 1.0]
+    # seed 20014: the split cuts one of the components the default model 1.2 marks there
+    assert rows[1]["predicted_components"] == rows[0]["predicted_components"] + 1
+    assert rows[1]["merged_true_nodes"] <= rows[0]["merged_true_nodes"]
+    assert all(0 <= r["recall_50"] <= 1 and r["short_axis_abs_error_mm_p90"] >= 0 for r in rows)
