@@ -72,7 +72,7 @@ def split_touching(labels: np.ndarray, n: int, spacing_zyx, h_mm: float, min_vox
     """(labels, n, split): `labels` (ids 1..n) with each component of touching nodes cut into one id per
     node; new ids follow n, so unsplit components keep theirs. `split` is how many components were cut."""
     boxes = _boxes(labels, n)
-    out, next_id, split = labels.astype(np.uint32, copy=True), n + 1, 0  # room for the new ids
+    out, next_id, split = None, n + 1, 0
     for i, box in enumerate(boxes, start=1):
         if box is None:
             continue
@@ -86,6 +86,8 @@ def split_touching(labels: np.ndarray, n: int, spacing_zyx, h_mm: float, min_vox
         sizes = sizes[sizes > 0]
         if sizes.size < 2 or sizes.min() < max(min_voxels, 1):
             continue
+        if out is None:  # copied once, at the first cut, with room for the new ids
+            out = labels.astype(np.uint32, copy=True)
         view = out[box]
         for k in np.unique(pieces[mask])[1:]:  # the first piece keeps the component's id
             view[pieces == k] = next_id
