@@ -32,7 +32,7 @@ import lnrt
 from lnrt.bench import machine_info, save_result
 from lnrt.evaluate import evaluate_scan, format_table, summarize
 from lnrt.imageio import to_sitk
-from lnrt.models.families import apply_family
+from lnrt.models.families import FAMILIES, apply_family
 from lnrt.models.neck import make_spec, random_scan
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=16)
     ap.add_argument("--seed0", type=int, default=20000)
     ap.add_argument("--kind", choices=("neck", "context", "abdomen"), default="neck")
-    ap.add_argument("--family", default=None,
+    ap.add_argument("--family", default=None, choices=sorted(FAMILIES),
                     help="a held-out family of lnrt.models.families given to every neck (flattened, fatty_hilum, "
                          "sharp_kernel); results go to model-eval-family-<name>.json")
     ap.add_argument("--split-touching-mm", type=float, default=None,
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
+    if args.family and args.kind == "abdomen":
+        ap.error("--family changes necks; expected --kind neck or context with it")
     session = lnrt.Session(args.model, backend=args.backend, variant=args.variant,
                            split_touching_mm=args.split_touching_mm)
     scans, settings = [], []

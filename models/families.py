@@ -7,7 +7,7 @@ trained before they existed, or with `lnrt.models.train` without `--families`, h
 
 - `flattened` (node shape): every node that still fits becomes 2-3 times as wide as it is thick in the
   axial plane (make_spec draws 1.0-1.9). Reniform, flattened nodes are common in the normal neck.
-- `fatty_hilum` (node density): nodes with a short axis of 7 mm or more get an eccentric fat-density
+- `fatty_hilum` (node density): nodes with a short axis of 7 mm or more and no necrotic core get an eccentric fat-density
   hilum (-90 to -30 HU, a quarter to 0.4 of the node's width and length, at its edge), which a normal node has and
   the network has only seen as the fat around a node. The hilum is part of the node in the truth.
 - `sharp_kernel` (scanner): a sharp (edge-enhancing) reconstruction kernel: unsharp masking of amount
@@ -27,23 +27,21 @@ from .neck import NeckSpec, _fits
 
 
 def flattened(spec: NeckSpec, rng: np.random.Generator) -> list:
-    """Nodes widened in-plane to 2-3 times their short axis, turned to where they still fit (a few angles
-    are tried); returns the ids (1-based, as the truth's labels) of those changed."""
+    """Nodes widened in-plane to 2-3 times their short axis, where they still fit (`_fits` tests a circle
+    of the long semi-axis, so the angle does not matter); returns the ids (1-based, as the truth's
+    labels) of those changed."""
     changed = []
     for i, n in enumerate(spec.nodes):
-        ratio = float(rng.uniform(2.0, 3.0))
-        probe = replace(spec, nodes=spec.nodes[:i] + spec.nodes[i + 1:])
-        for angle in n.angle + np.pi * np.array([0.0, 0.5, 0.25, 0.75]):
-            wide = replace(n, axes=(n.axes[1] * ratio, n.axes[1], n.axes[2]), angle=float(angle))
-            if _fits(probe, wide):
-                spec.nodes[i] = wide
-                changed.append(i + 1)
-                break
+        wide = replace(n, axes=(n.axes[1] * float(rng.uniform(2.0, 3.0)), n.axes[1], n.axes[2]))
+        if _fits(replace(spec, nodes=spec.nodes[:i] + spec.nodes[i + 1:]), wide):
+            spec.nodes[i] = wide
+            changed.append(i + 1)
     return changed
 
 
 def fatty_hilum(spec: NeckSpec, rng: np.random.Generator) -> list:
-    """A fat-density hilum at the edge of every node of 7 mm or more; returns the ids of those changed."""
+    """A fat-density hilum at the edge of every node of 7 mm or more without a necrotic core; returns the ids
+    of those changed."""
     changed = []
     for i, n in enumerate(spec.nodes):
         if n.short_axis_mm >= 7 and not n.necrosis:

@@ -441,6 +441,9 @@ def random_scan(seed: int, in_plane=(0.4, 1.0), slices=(0.6, 3.0), kind: str = "
     px = float(rng.uniform(*in_plane))
     sp = (float(rng.uniform(*slices)), px, px)
     if kind == "abdomen":
+        if family is not None:
+            raise ValueError(f"family {family!r} with kind 'abdomen': the families change necks; expected "
+                             "kind neck or context")
         spec = make_abdomen(seed)
         hu, labels, origin = render_abdomen(spec, sp)
     elif kind in ("neck", "context"):

@@ -312,6 +312,11 @@ def main():
     ap.add_argument("--package", default=None, help="after training, write a model package here")
     ap.add_argument("--package-only", action="store_true", help="package the checkpoint, no training")
     args = ap.parse_args()
+    if not 0 <= args.confounder_fraction <= 1 - args.node_fraction:
+        ap.error(f"--confounder-fraction {args.confounder_fraction}: expected 0 to 1 - --node-fraction "
+                 f"({1 - args.node_fraction:g}), the share of patches not centred on nodes")
+    if not 0 <= args.family_share <= 1:
+        ap.error(f"--family-share {args.family_share}: expected a share from 0 to 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.package_only:

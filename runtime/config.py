@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from .errors import LnrtError
 from .nodes import check_connectivity
 from .package import ModelPackage
 from .preprocess import BodyCropConfig
@@ -46,6 +47,8 @@ class RunConfig:
                      neck_region: bool = True, min_short_axis_px: float | None = None,
                      split_touching_mm: float | None = None) -> "RunConfig":
         """The manifest's defaults with the caller's overrides (None: the manifest's value)."""
+        for name, value in (("min_short_axis_px", min_short_axis_px), ("split_touching_mm", split_touching_mm)):
+            check_nonnegative(name, value)
         sw, post = pkg.section("sliding_window"), pkg.section("postprocessing")
         window = SlidingWindowConfig(
             patch=pkg.patch_zyx,
@@ -99,6 +102,17 @@ class RunConfig:
             out["resampling"] = {"scheme": "nnunet", "data": vars(self.resample_data).copy(),
                                  "logits": vars(self.resample_logits).copy()}
         return out
+
+
+def check_nonnegative(name: str, value) -> None:
+    """A caller's override of a rule's parameter: None (the manifest's) or a finite number >= 0, refused
+    in one line otherwise (the CLI and the manifest schema refuse the same values)."""
+    try:
+        ok = value is None or (math.isfinite(float(value)) and float(value) >= 0)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise LnrtError(f"{name} {value!r}: expected a finite number >= 0 (0 turns it off)")
 
 
 def _freeze(value):

@@ -17,7 +17,8 @@ The algorithm is the classical distance-transform watershed of morphology:
 A component is split only when every piece keeps at least `min_voxels` (the size floor): a piece the
 floor would drop would take a node's voxels out of the mask.
 
-Rationale for the height the candidate's manifest would carry, 1.0 mm (`benchmarks/split_touching.py`,
+Rationale for the height the release candidates' manifests carry, 1.0 mm, measured on the enlarged-node
+candidate (`models/candidates/edge_enlarged_ft1500.pt`; `benchmarks/split_touching.py`,
 `benchmarks/results/vm-2026-12-04-split-touching-candidate.json`, 2-core AMD VM): unsplit, the 90th
 percentile of its short-axis error is 3.79 mm with 2.81 false positives a scan; h = 0.5, 0.75 and 1.0 mm
 all bring it to 1.95 mm, with 3.81, 3.56 and 3.38 false positives a scan (a false-positive blob cut in
@@ -48,9 +49,9 @@ def _pieces(mask: np.ndarray, spacing_zyx, h_mm: float, fully_connected: bool) -
     import SimpleITK as sitk
 
     padded = np.pad(mask, 1).astype(np.uint8)  # the box's faces are background, as the distance needs
-    # the distance from each voxel of the component to the nearest background voxel centre: the signed
-    # map of the background is negative inside the component (the component's own contour would put
-    # every voxel of a node two slices thick at 0)
+    # the distance from each voxel of the component to the nearest background voxel centre: the background's
+    # signed map with insideIsPositive=False is positive outside the background, i.e. in the component
+    # (the component's own contour would put every voxel of a node two slices thick at 0)
     img = sitk.GetImageFromArray(1 - padded)
     img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
     dist = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
@@ -79,7 +80,7 @@ def split_touching(labels: np.ndarray, n: int, spacing_zyx, h_mm: float, min_vox
         mask = labels[box] == i
         if mask.sum() < 2 * max(min_voxels, 1):
             continue
-        pieces = _pieces(mask, spacing_zyx, h_mm, connectivity == 26)
+        pieces = _pieces(mask, spacing_zyx, h_mm, connectivity != 6)
         if pieces is None:
             continue
         sizes = np.bincount(pieces.ravel())[1:]

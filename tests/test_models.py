@@ -173,6 +173,22 @@ def test_phantom_pool_mixes_abdomens_and_context_as_asked():
     assert ctx.items[0][0].shape[2] > plain.items[0][0].shape[2]  # shoulders or head widen the field
     assert len(ctx.items[0][2]) > 0  # the neck keeps its nodes
     assert len(ctx.items[0][4]) > 0 and len(plain.items[0][4]) > 0  # and its glands as hard negatives
+    hu, _, _, _, conf = plain.items[0]
+    assert 20 <= np.median(hu[tuple(conf.T)]) <= 70  # node density: the voxels _make points at
+
+
+def test_confounder_patches_are_centred_on_the_confounders():
+    from lnrt.models.train import PhantomPool
+
+    pool = PhantomPool(1, 1000, np.random.default_rng(0))
+    hu = np.full((64, 128, 128), -1000.0, np.float32)
+    hu[24:40, 48:80, 48:80] = 300.0  # a bright block around the one confounder point
+    pool.items = [(hu, np.zeros(hu.shape, np.uint8), np.zeros((0, 3), int), np.array([[0, 0, 0]]),
+                   np.array([[32, 64, 64]]))]
+    centre = lambda x: x[16, 32, 32]  # noqa: E731 (the middle voxel of a 32 x 64 x 64 patch)
+    on = [centre(pool.sample((32, 64, 64), 0.0, confounder_fraction=1.0)[0]) for _ in range(5)]
+    off = [centre(pool.sample((32, 64, 64), 0.0)[0]) for _ in range(5)]
+    assert min(on) > 0.5 and max(off) < 0.1  # 300 HU against the corner's air, after augmentation
 
 
 def test_confounders_lie_in_node_density_tissue_that_is_not_a_node():

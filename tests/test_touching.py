@@ -135,6 +135,12 @@ def test_session_reports_touching_nodes_apart_when_the_manifest_asks(split_packa
     assert ((res.labels > 0) == (whole.labels > 0)).all()  # the same voxels, cut in two
 
 
+@pytest.mark.parametrize("value", [-1, float("nan"), "one"])
+def test_session_refuses_a_bad_split_height_in_one_line(split_package, value):
+    with pytest.raises(lnrt.LnrtError, match="split_touching_mm .*: expected a finite number >= 0"):
+        lnrt.Session(split_package, split_touching_mm=value)
+
+
 def test_manifest_refuses_a_negative_split_height(split_package, tmp_path):
     root = tmp_path / "pkg"
     shutil.copytree(split_package, root)
