@@ -262,3 +262,15 @@ def test_export_refuses_a_patch_the_strides_do_not_divide():
 
     with pytest.raises(ValueError, match="multiple of"):
         export_onnx(UNet(EDGE).eval(), patch=(18, 32, 32))  # z must be a multiple of 4
+
+
+def test_the_training_stream_is_the_one_before_confounders_and_families_existed():
+    """With --confounder-fraction 0 and no --families, a pool draws exactly what it drew before those
+    options existed (the values were computed at commit 6b6867e), so earlier runs resume and reproduce."""
+    from lnrt.models.train import PhantomPool
+
+    rng = np.random.default_rng(7)
+    pool = PhantomPool(2, 1000, rng, {"context": 0.5, "coarse": 0.5, "enlarged": 0.5})
+    labelled = [int(pool.sample((32, 64, 64), 0.5)[1].sum()) for _ in range(4)]
+    pool.refresh(1)
+    assert labelled == [3889, 1023, 10544, 3824] and int(rng.integers(1 << 30)) == 563576229
