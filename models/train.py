@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from lnrt.errors import LnrtError
 
+from .families import FAMILIES, apply_family
 from .neck import confounders, make_spec, render
 from .unet import EDGE, UNet, UNetConfig
 
@@ -118,7 +119,6 @@ class PhantomPool:
         if self.rng.random() < self.mix["enlarged"]:
             add_enlarged_nodes(spec, self.rng)
         if self.families and self.rng.random() < self.family_share:  # no draw without families: the stream
-            from .families import apply_family                          # of earlier runs is unchanged
             apply_family(spec, self.families[int(self.rng.integers(len(self.families)))], seed)
         return spec
 
@@ -131,8 +131,7 @@ class PhantomPool:
         # `lnrt.models.train_nnunet`). `confounder_fraction`: the share of patches centred on a gland or an
         # unenhanced vessel (`neck.confounders`); 0 leaves the random stream as it was before it existed.
         hu, labels, nodes, body, conf = self.items[int(self.rng.integers(len(self.items)))]
-        node = len(nodes) and self.rng.random() < node_fraction
-        if node:
+        if len(nodes) and self.rng.random() < node_fraction:
             centre = nodes[self.rng.integers(len(nodes))] + self.rng.integers(-8, 9, 3) * [0, 1, 1]
         elif confounder_fraction and len(conf) and \
                 self.rng.random() < confounder_fraction / max(1e-6, 1 - node_fraction):
@@ -306,7 +305,7 @@ def main():
                          f"pool (0 0 0: the neck alone; the default model's last phase used {' '.join(map(str, MIX.values()))})")
     ap.add_argument("--enlarged", type=float, default=0.0,
                     help="share of neck phantoms given 1-3 enlarged nodes on purpose (15-30 mm, up to 50 mm long)")
-    ap.add_argument("--families", nargs="*", default=(), choices=("flattened", "fatty_hilum", "sharp_kernel"),
+    ap.add_argument("--families", nargs="*", default=(), choices=sorted(FAMILIES),
                     help="families of lnrt.models.families to train on (the rest stay held out; default none)")
     ap.add_argument("--family-share", type=float, default=0.3, help="share of necks given one of --families")
     ap.add_argument("--package", default=None, help="after training, write a model package here")
