@@ -14,8 +14,9 @@ false positives on anatomy beyond the neck, at 0.7-1.0 mm in-plane and 2-3 mm sl
 3-4 times larger than the neck's); their results are written as `model-eval-<kind>.json`.
 
 `--family NAME` gives every neck one family of `lnrt.models.families` (flattened, fatty_hilum,
-sharp_kernel): trained without it, a model is scored on a kind of node or scanner it has never seen
-(the held-out-family protocol of issue 19); results go to `model-eval-family-<name>.json`.
+sharp_kernel, back_muscles): trained without it, a model is scored on a kind of node or scanner it has
+never seen (the held-out-family protocol of issue 19); results go to `model-eval-family-<name>.json`.
+`back_muscles` changes no node: with it the false positives are the figure to read.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--kind", choices=("neck", "context", "abdomen"), default="neck")
     ap.add_argument("--family", default=None, choices=sorted(FAMILIES),
                     help="a held-out family of lnrt.models.families given to every neck (flattened, fatty_hilum, "
-                         "sharp_kernel); results go to model-eval-family-<name>.json")
+                         "sharp_kernel, back_muscles); results go to model-eval-family-<name>.json")
     ap.add_argument("--split-touching-mm", type=float, default=None,
                     help="the touching-nodes split's height (default: the package's; 0: off)")
     ap.add_argument("--variant", default="fp32", help="precision variant of the package (default fp32)")

@@ -5,7 +5,8 @@
 Runs the model on every real sample in `../shared/data` (head-and-neck OpenKBP CTs, abdominal CTs,
 the DICOM series) and records, per scan, the number of nodes, their short axes and RECIST categories,
 the time, and for OpenKBP how many reported nodes lie inside the planning target volumes (PTV56 = the
-elective nodal neck, structure label 8, and PTV63/70, labels 9-10), where nodes are expected.
+elective nodal neck, structure label 8, and PTV63/70, labels 9-10), where nodes are expected, and how
+many lie behind the spinal cord (label 2), where mostly muscle does.
 Writes `benchmarks/results/<host>-<date>-real-ct.json` and prints a table. There are no node labels
 for these scans: this shows plausibility, not accuracy.
 """
@@ -21,6 +22,16 @@ import SimpleITK as sitk
 
 import lnrt
 from lnrt.bench import machine_info, save_result
+
+
+def _behind_cord(node: np.ndarray, cord: np.ndarray) -> bool:
+    """Whether a node's centroid lies posterior to the spinal cord (OpenKBP label 2) on its median slice.
+    Neck nodes lie anterior and lateral to the cord (level V, the most posterior, in front of the
+    trapezius); what lies behind it is mostly the deep and posterior muscles, so this counts likely false
+    positives, not certain ones."""
+    zz, yy, _ = np.nonzero(node)
+    rows = np.nonzero(cord[int(np.median(zz))])[0]
+    return bool(len(rows)) and float(yy.mean()) > float(rows.mean())  # rows run posterior (LPS arrays)
 
 
 def main() -> None:
@@ -47,10 +58,11 @@ def main() -> None:
             s = sitk.GetArrayFromImage(sitk.ReadImage(str(structures)))
             in_ptv = sum(bool(np.isin(s[res.labels == n["id"]], (8, 9, 10)).any()) for n in res.nodes)
             row["nodes_touching_ptv"] = in_ptv
+            row["nodes_behind_cord"] = sum(_behind_cord(res.labels == n["id"], s == 2) for n in res.nodes)
         rows.append(row)
         dropped = sum(r.get("dropped", 0) for r in row["rules"].values())
         print(f"{row['scan']:<45} nodes {row['nodes']:>3} (+{dropped} dropped by rules)  "
-              f"{row.get('nodes_touching_ptv', '-'):>3} in PTV  "
+              f"{row.get('nodes_touching_ptv', '-'):>3} in PTV {row.get('nodes_behind_cord', '-'):>3} behind cord  "
               f"largest short axes {row['short_axes_mm'][:5]}  ({row['seconds']} s)", flush=True)
     result = {"benchmark": "real_ct_behaviour", "date": dt.date.today().isoformat(),
               "machine": machine_info(), "model": session.model_info(), "scans": rows}

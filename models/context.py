@@ -304,6 +304,8 @@ def _shoulders(c: Canvas, ctx: Context, neck, v: float):
             x0, y0, x1, y1 = side * 14, cy - by * 0.55, side * (bx - 38), cy - 5
             L = np.hypot(x1 - x0, y1 - y0)
             _bone(c, (x0 + x1) / 2, (y0 + y1) / 2, L / 2, 7, bone, marrow, np.arctan2(y1 - y0, x1 - x0))
+    if neck.back_muscles:
+        _back_bellies(c, neck, v, cy + by, bx, body)
     lung = None
     if v > 15:  # lung apices grow downwards
         g = np.sqrt(min(1.0, (v - 15) / 70))
@@ -336,6 +338,24 @@ def _shoulders(c: Canvas, ctx: Context, neck, v: float):
     if v > 60:  # the aortic arch
         c.ellipse(0, -15, 30, 12, hu_a)
     return body
+
+
+def _back_bellies(c: Canvas, neck, v: float, back_y: float, bx: float, body: np.ndarray):
+    """The `back_muscles` family continued below the neck (lnrt.models.families): the neck's bellies stay
+    beside the spine, as the paraspinal does, and the rhomboids and (at the shoulder) supraspinatus join
+    them between the spine and the scapula, each in a fat plane, at the bellies' mean density."""
+    fat = neck.fat_hu
+    for cx, cy, a, b, ang, dx, dy, hu in neck.back_muscles:
+        c.ellipse(cx, cy, a + 1.5, b + 1.5, fat, ang, within=body)
+        c.ellipse(cx, cy, a, b, hu, ang, within=body)
+    hu = float(np.mean([m[7] for m in neck.back_muscles]))
+    for side in (-1, 1):
+        shape = [(side * 30, back_y - 32, 4 + 14 * _smooth(v / 35), 5, side * 0.3)]  # rhomboid
+        if 10 < v < 45 and bx > 120:
+            shape.append((side * 0.55 * bx, back_y - 30, 20, 7, -side * 0.35))  # supraspinatus
+        for x, y, a, b, ang in shape:
+            c.ellipse(x, y, a + 1.5, b + 1.5, fat, ang, within=body)
+            c.ellipse(x, y, a, b, hu, ang, within=body)
 
 
 def _dilate(m: np.ndarray, steps: int) -> np.ndarray:

@@ -76,6 +76,9 @@ class NeckSpec:
     small_veins: list = field(default_factory=list)  # (x0, y0, dx, dy, radius, hu): tubes along z
     nodes: list = field(default_factory=list)
     kernel: tuple = ()  # (amount, sigma mm) of a sharp reconstruction kernel (lnrt.models.families); () = none
+    # deep and posterior muscle bellies in their fat planes (lnrt.models.families `back_muscles`):
+    # (cx, cy, a, b, angle, dx, dy, hu), the centre moving by (dx, dy) mm from t = 0 to 1; () = none
+    back_muscles: tuple = ()
 
 
 def _vessel_paths(rng, height, enhanced=True):
@@ -135,6 +138,9 @@ def soft_tissue(spec: NeckSpec, t: float) -> list:
             out.append((side * 48, 6, 11, 17, 0.0, -10.0))  # parotid
     if t < 0.35:
         out.append((0, -33, 8, 3, 0.0, 110.0))  # thyroid isthmus
+    for cx, cy, a, b, ang, dx, dy, hu in spec.back_muscles:  # each belly inside its own fat plane
+        out.append((cx + dx * t, cy + dy * t, a + 1.5, b + 1.5, ang, spec.fat_hu))
+        out.append((cx + dx * t, cy + dy * t, a, b, ang, hu))
     return out
 
 
@@ -197,7 +203,8 @@ def make_spec(seed: int, n_nodes: tuple = (4, 14)) -> NeckSpec:
 def confounders(spec: NeckSpec, per_structure: int = 6) -> np.ndarray:
     """Points (x, y, z mm, phantom frame) inside the node-density tissue that is not a node: both
     submandibular glands (45 HU, node-sized, 26 x 18 mm and 30-45 mm long) and, on unenhanced scans, the
-    jugular veins, carotids and small veins (35-55 HU). `per_structure` heights each, evenly spread.
+    jugular veins, carotids and small veins (35-55 HU), and the deep and posterior muscle bellies of the
+    `back_muscles` family where a spec has them. `per_structure` heights each, evenly spread.
 
     Patches centred here are the hard negatives of `lnrt.models.train --confounder-fraction`: a model
     fine-tuned on enlarged nodes alone called these structures nodes, 2.8 false positives per held-out
@@ -212,6 +219,8 @@ def confounders(spec: NeckSpec, per_structure: int = 6) -> np.ndarray:
                 pts.extend(c[:2] + (z,) for c in _carotid(p, z, H))
             for vx0, vy0, dvx, dvy, _r, _hu in spec.small_veins:
                 pts.append((vx0 + dvx * z / H, vy0 + dvy * z / H, z))
+    for cx, cy, _a, _b, _ang, dx, dy, _hu in spec.back_muscles:
+        pts.extend((cx + dx * t, cy + dy * t, t * H) for t in np.linspace(0.05, 0.95, per_structure))
     return np.asarray(pts, float).reshape(-1, 3)
 
 

@@ -74,3 +74,43 @@ def test_training_draws_a_family_only_when_asked():
     assert all(not n.hilum for n in plain._neck(1001).nodes) and plain._neck(1002).kernel == ()
     asked = PhantomPool(1, 1000, rng, families=("sharp_kernel",), family_share=1.0)
     assert asked._neck(1003).kernel != ()
+
+
+def test_back_muscles_are_bellies_in_fat_planes_that_leave_every_node_and_the_truth_alone():
+    for seed in (20003, 20005):
+        plain, spec = make_spec(seed), make_spec(seed)
+        assert apply_family(spec, "back_muscles", seed) == []  # no node changed
+        assert len(spec.back_muscles) >= 6 and spec.nodes == plain.nodes
+        for s in (plain, spec):
+            s.blur, s.noise = False, 0.0
+        hu0, lab0, origin = render(plain, (2.0, 1.0, 1.0))
+        hu1, lab1, _ = render(spec, (2.0, 1.0, 1.0))
+        assert np.array_equal(lab0, lab1)
+        assert np.array_equal(hu0[lab0 > 0], hu1[lab0 > 0])  # no belly reaches a node
+        k = hu1.shape[0] // 2
+        t = (origin[2] + 2.0 * k) / spec.height
+        seen = 0
+        for cx, cy, a, b, ang, dx, dy, hu in spec.back_muscles:
+            x, y = cx + dx * t, cy + dy * t
+            i, j = int(round(y - origin[1])), int(round(x - origin[0]))
+            seen += hu1[k, i, j] == np.float32(hu)  # its centre, unless spine or vessel painted later
+        assert seen >= len(spec.back_muscles) - 2
+        assert ((hu1 != hu0) & (np.abs(hu1 - spec.fat_hu) < 1e-3)).sum() > 200  # fat planes cut the muscles
+        assert 10.0 - 1e-6 <= min(m[7] for m in spec.back_muscles)  # fat-infiltrated down to 10 HU at most
+
+
+def test_back_muscles_continue_into_the_shoulders_and_are_hard_negatives():
+    from lnrt.models.context import make_context
+    from lnrt.models.neck import confounders
+
+    plain, spec = make_spec(20003), make_spec(20003)
+    apply_family(spec, "back_muscles", 20003)
+    ctx = make_context(plain, 20003)
+    assert ctx.below > 30 and make_context(spec, 20003).below == ctx.below  # the family draws nothing of it
+    hu0, lab0, origin = render(plain, (2.0, 1.0, 1.0), context=ctx)
+    hu1, lab1, _ = render(spec, (2.0, 1.0, 1.0), context=ctx)
+    assert np.array_equal(lab0, lab1)
+    shoulders = slice(0, int(round(-origin[2] / 2.0)) - 2)
+    assert (np.abs(hu1[shoulders] - hu0[shoulders]) > 20).sum() > 1000
+    extra = len(confounders(spec)) - len(confounders(plain))
+    assert extra == 6 * len(spec.back_muscles)
