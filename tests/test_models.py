@@ -191,6 +191,20 @@ def test_confounder_patches_are_centred_on_the_confounders():
     assert min(on) > 0.5 and max(off) < 0.1  # 300 HU against the corner's air, after augmentation
 
 
+def test_per_node_sampling_gives_a_tiny_node_as_many_patches_as_an_enlarged_one():
+    from lnrt.models.train import PhantomPool
+
+    pool = PhantomPool(1, 1000, np.random.default_rng(0))
+    hu = np.zeros((64, 256, 256), np.float32)
+    labels = np.zeros(hu.shape, np.uint16)
+    labels[20:40, 20:40, 20:40] = 1  # 8,000 voxels
+    labels[30:32, 200:202, 200:202] = 2  # 8 voxels, 160 voxels away: no patch holds both
+    pool.items = [(hu, labels, np.argwhere(labels > 0), np.array([[0, 0, 0]]), np.zeros((0, 3), int))]
+    tiny = lambda **kw: sum(0 < pool.sample((32, 64, 64), 1.0, **kw)[1].sum() <= 8 for _ in range(200))  # noqa: E731
+    by_node, by_voxel = tiny(per_node=1.0), tiny()
+    assert 70 <= by_node <= 130 and by_voxel <= 3  # half the patches against 1 in 1,000
+
+
 def test_confounders_lie_in_node_density_tissue_that_is_not_a_node():
     """The hard negatives of --confounder-fraction: the submandibular glands always, the vessels when the
     scan is unenhanced (then they have node density), never a node."""
