@@ -14,11 +14,12 @@ trained before they existed, or with `lnrt.models.train` without `--families`, h
   0.6-1.2 at 0.8-1.5 mm after the blur and the noise, so edges overshoot and the noise is grainy and
   higher, as bone and detail kernels give.
 - `back_muscles` (anatomy): the deep and posterior neck muscles as separate bellies, each in its own fat
-  plane (semispinalis, multifidus, splenius, levator scapulae, scalenes, longus colli), some of them
-  fat-infiltrated down to 10 HU, continued into the shoulders and upper back of a context scan. On the
-  real OpenKBP necks, 21 of the 33 nodes 1.3rc2 reported on pt_2 and 23 of the 30 on pt_3 lay behind
-  the spinal cord (14 and 18 of them outside every PTV), in exactly these muscles at the base of the neck
-  and the upper back (median 3-46 HU), where the phantoms had one paraspinal ellipse and a trapezius. It changes no node; no node ids are returned.
+  plane (erector spinae, semispinalis, multifidus, splenius, levator scapulae, scalenes, longus colli), the
+  scan's muscle 0-25 HU less dense and the bellies fat-infiltrated down to 10 HU, continued into the
+  shoulders and upper back of a context scan. On the real OpenKBP necks, 21 of the 33 nodes 1.3rc2 reported
+  on pt_2 and 23 of the 30 on pt_3 lay behind the spinal cord (14 and 18 of them outside every PTV), in
+  exactly these muscles at the base of the neck and the upper back (median 3-46 HU), where the phantoms had
+  one paraspinal ellipse and a trapezius. It changes no node; no node ids are returned.
 
 `python benchmarks/evaluate_default.py --family NAME` scores a package on held-out phantoms of one family.
 """
@@ -65,21 +66,26 @@ def sharp_kernel(spec: NeckSpec, rng: np.random.Generator) -> list:
 
 # (name, cx, cy, a, b, angle) of the right side's bellies, mm in the phantom frame (y posterior); the left
 # mirrors them. From axial neck anatomy at C3-C6, scaled to the phantom's 58-72 x 50-60 mm neck.
-BELLIES = (("longus colli", 8, -2, 5, 3.5, 0.0), ("scalenes", 24, 4, 5, 7, 0.3),
-           ("levator scapulae", 33, 24, 6, 8, 0.5), ("multifidus", 6, 31, 3, 5, 0.0),
+BELLIES = (("erector spinae", 22, 42, 18, 11, 0.0), ("longus colli", 8, -2, 5, 3.5, 0.0),
+           ("scalenes", 24, 4, 5, 7, 0.3), ("levator scapulae", 33, 24, 6, 8, 0.5), ("multifidus", 6, 31, 3, 5, 0.0),
            ("semispinalis", 10, 44, 5, 7, 0.0), ("splenius", 25, 49, 11, 4, 0.4))
 
 
 def back_muscles(spec: NeckSpec, rng: np.random.Generator) -> list:
     """Deep and posterior muscle bellies (each with p 0.85), jittered 3 mm, scaled 0.75-1.3, drifting up to
-    4 mm over the neck's height, at the spec's muscle density down to 35 HU below it (fat infiltration);
-    a belly that would reach a node is left out, so the truth is unchanged. Returns [] (no node changed)."""
+    4 mm over the neck's height; the first, the erector spinae, fills the back beside the spine and the
+    others cut it with their fat planes. Every muscle of the scan becomes 0-25 HU less dense (20-65 HU:
+    the muscle behind pt_3's spine reads 26-29 HU median, where `make_spec` draws 45-65, denser than
+    every node), and each belly up to 15 HU below that (fat infiltration, not under 10 HU). A belly that
+    would reach a node is left out, so the truth is unchanged. Returns [] (no node changed)."""
+    spec.muscle_hu = spec.muscle_hu - float(rng.uniform(0, 25))
     out = []
     for side in (-1.0, 1.0):
         for _name, cx, cy, a, b, ang in BELLIES:
             k = float(rng.uniform(0.75, 1.3))
             belly = (side * (cx + rng.uniform(-3, 3)), cy + float(rng.uniform(-3, 3)), a * k, b * k, side * ang,
-                     float(rng.uniform(-4, 4)), float(rng.uniform(-4, 4)), spec.muscle_hu - float(rng.uniform(0, 35)))
+                     float(rng.uniform(-4, 4)), float(rng.uniform(-4, 4)),
+                     max(10.0, spec.muscle_hu - float(rng.uniform(0, 15))))
             if rng.random() < 0.85 and not any(_reaches(belly, n) for n in spec.nodes):
                 out.append(belly)
     spec.back_muscles = tuple(out)

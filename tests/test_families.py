@@ -80,7 +80,9 @@ def test_back_muscles_are_bellies_in_fat_planes_that_leave_every_node_and_the_tr
     for seed in (20003, 20005):
         plain, spec = make_spec(seed), make_spec(seed)
         assert apply_family(spec, "back_muscles", seed) == []  # no node changed
-        assert len(spec.back_muscles) >= 6 and spec.nodes == plain.nodes
+        assert len(spec.back_muscles) >= 4 and spec.nodes == plain.nodes
+        assert plain.muscle_hu - 25 <= spec.muscle_hu <= plain.muscle_hu  # every muscle less dense
+        assert all(10 <= m[7] <= spec.muscle_hu for m in spec.back_muscles)
         for s in (plain, spec):
             s.blur, s.noise = False, 0.0
         hu0, lab0, origin = render(plain, (2.0, 1.0, 1.0))
@@ -96,7 +98,6 @@ def test_back_muscles_are_bellies_in_fat_planes_that_leave_every_node_and_the_tr
             seen += hu1[k, i, j] == np.float32(hu)  # its centre, unless spine or vessel painted later
         assert seen >= len(spec.back_muscles) - 2
         assert ((hu1 != hu0) & (np.abs(hu1 - spec.fat_hu) < 1e-3)).sum() > 200  # fat planes cut the muscles
-        assert 10.0 - 1e-6 <= min(m[7] for m in spec.back_muscles)  # fat-infiltrated down to 10 HU at most
 
 
 def test_back_muscles_continue_into_the_shoulders_and_are_hard_negatives():
