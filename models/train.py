@@ -209,6 +209,55 @@ def add_activation_noise(model) -> None:
             m.register_forward_hook(hook)
 
 
+class _WeightFakeQuant(torch.nn.Module):
+    """A convolution weight rounded to int8, symmetric per output channel (scale max |w| / 127), as the
+    INT8 export stores it; the gradient passes straight through. ConvTranspose weights are (in, out, ...),
+    so their output channel is dimension 1."""
+    def __init__(self, channel_dim: int):
+        super().__init__()
+        self.channel_dim = channel_dim
+
+    def forward(self, w):
+        if not self.training:
+            return w
+        dims = tuple(d for d in range(w.dim()) if d != self.channel_dim)
+        scale = w.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / 127.0
+        return w + (torch.round(w / scale).clamp(-127, 127) * scale - w).detach()
+
+
+def _fake_quant_input(module, inputs):
+    if not module.training:
+        return None
+    x = inputs[0]
+    scale = x.detach().abs().amax().clamp_min(1e-12) / 127.0
+    return (x + (torch.round(x / scale).clamp(-127, 127) * scale - x).detach(),) + tuple(inputs[1:])
+
+
+def add_fake_quant(model) -> None:
+    """Quantization-aware fine-tuning with the INT8 variant's own rounding (`--qat`): in training mode the
+    input of every convolution but the first is rounded to int8, symmetric per tensor (scale max |x| /
+    127; the export calibrates the 99.9995th percentile, within a bin of the maximum), and every such
+    convolution's weight per output channel, where `lnrt.export.precision.to_int8` puts its Q/DQ (the
+    input layer stays float32 there too). The rounding passes gradients straight through (the
+    straight-through estimator: Bengio, Leonard and Courville 2013; as in Jacob et al., CVPR 2018).
+    Unlike `--act-noise`, the error is the deterministic one the variant makes, so the network can learn
+    margins against it. Checkpoints keep plain `weight` keys (`plain_state_dict`)."""
+    from torch.nn.utils import parametrize
+
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    for m in convs[1:]:
+        m.register_forward_pre_hook(_fake_quant_input)
+        parametrize.register_parametrization(
+            m, "weight", _WeightFakeQuant(1 if isinstance(m, torch.nn.ConvTranspose3d) else 0))
+
+
+def plain_state_dict(model) -> dict:
+    """The state dict without parametrizations' renaming (`x.parametrizations.weight.original` is `x.weight`),
+    so a `--qat` checkpoint loads into a plain UNet and packages like any other."""
+    return {k.replace("parametrizations.weight.original", "weight"): v
+            for k, v in model.state_dict().items()}
+
+
 def dice(a, b):
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
@@ -227,14 +276,17 @@ def train(args):
         cfg = UNetConfig.from_dict(init["unet"])
         model = UNet(cfg).to(device)
         model.load_state_dict(init["model"])
+    start, state = 0, None
+    ckpt = out / "checkpoint.pt"
+    if args.resume and ckpt.exists():  # weights before the fake quantization renames them
+        state = load_training_checkpoint(ckpt, device)
+        model.load_state_dict(state["model"])
+    if getattr(args, "qat", False):
+        add_fake_quant(model)
     if getattr(args, "act_noise", False):
         add_activation_noise(model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    start = 0
-    ckpt = out / "checkpoint.pt"
-    if args.resume and ckpt.exists():
-        state = load_training_checkpoint(ckpt, device)
-        model.load_state_dict(state["model"])
+    if state is not None:
         opt.load_state_dict(state["optimizer"])
         start = state["iteration"]
         rng = np.random.default_rng(args.seed + start)
@@ -277,7 +329,7 @@ def train(args):
 def save_training_checkpoint(path, model, opt, iteration: int, cfg) -> None:
     """`checkpoint.pt`: tensors, numbers, strings, lists and dicts only, so it loads with
     `torch.load(weights_only=True)` (no argparse Namespace, numpy object or module is pickled)."""
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": int(iteration),
+    torch.save({"model": plain_state_dict(model), "optimizer": opt.state_dict(), "iteration": int(iteration),
                 "unet": cfg.to_dict()}, path)
 
 
@@ -316,6 +368,8 @@ def main():
     ap.add_argument("--init", default=None, help="fine-tune from this weights file (e.g. models/edge_weights.pt)")
     ap.add_argument("--act-noise", action="store_true",
                     help="int8-step activation noise while training (quantization-aware fine-tuning)")
+    ap.add_argument("--qat", action="store_true",
+                    help="round conv inputs and weights to int8 as the INT8 export does, gradients straight through")
     ap.add_argument("--mix", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("ABDOMEN", "CONTEXT", "COARSE"),
                     help="shares of abdomen phantoms, necks with head and shoulders, and coarse scans in the "
                          f"pool (0 0 0: the neck alone; the default model's last phase used {' '.join(map(str, MIX.values()))})")

@@ -269,6 +269,60 @@ def test_activation_noise_acts_only_in_training():
     assert not torch.equal(noisy_a, noisy_b)
 
 
+def test_fake_quant_rounds_to_the_int8_grid_in_training_and_checkpoints_stay_plain(tmp_path):
+    from lnrt.models.train import add_fake_quant, plain_state_dict, save_training_checkpoint
+    from lnrt.models.unet import EDGE, UNet
+
+    torch.manual_seed(0)
+    net = UNet(EDGE)
+    x = torch.randn(1, 1, 16, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        clean = net(x)
+    add_fake_quant(net)
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    seen = []
+    hook = convs[2].register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        assert torch.equal(net(x), clean)  # eval: the float network, so exports and inference are unchanged
+    net.train()
+    out = net(x)
+    hook.remove()
+    assert not torch.allclose(out, clean, atol=1e-4)
+    w = convs[2].weight.detach()  # the rounded weight: at most 255 levels per output channel, on its grid
+    step = w.abs().amax(dim=(1, 2, 3, 4), keepdim=True) / 127.0
+    assert torch.allclose(w / step, torch.round(w / step), atol=1e-3)
+    assert not torch.allclose(convs[0].weight, torch.round(convs[0].weight / (convs[0].weight.abs().max() / 127))
+                              * (convs[0].weight.abs().max() / 127))  # the input layer stays float
+    out.mean().backward()
+    original = convs[2].parametrizations.weight.original
+    assert original.grad is not None and original.grad.abs().sum() > 0  # straight through the rounding
+    state = plain_state_dict(net)
+    plain = UNet(EDGE)
+    plain.load_state_dict(state)  # the keys a plain UNet, the packager and --init expect
+    assert torch.equal(plain.state_dict()[next(k for k in state if k.endswith("weight"))],
+                       state[next(k for k in state if k.endswith("weight"))])
+    opt = torch.optim.AdamW(net.parameters())
+    save_training_checkpoint(tmp_path / "c.pt", net, opt, 1, EDGE)
+    assert not any("parametrizations" in k for k in torch.load(tmp_path / "c.pt", weights_only=True)["model"])
+
+
+def test_training_with_qat_resumes(tmp_path):
+    import argparse
+
+    from lnrt.models.train import train
+
+    args = argparse.Namespace(out=str(tmp_path / "run"), iterations=2, batch_size=1, patch=(16, 32, 32), lr=1e-3,
+                              node_fraction=0.5, pool=2, refresh_every=2, log_every=2, val_every=2, val_count=1,
+                              seed=0, device="cpu", threads=0, resume=False, package=None, package_only=False,
+                              qat=True)
+    train(args)
+    args.iterations, args.resume = 4, True
+    train(args)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 4 and not any("parametrizations" in k for k in state["model"])
+
+
 def test_export_refuses_a_patch_the_strides_do_not_divide():
     pytest.importorskip("onnx")
     from lnrt.models.package_model import export_onnx
